@@ -1,0 +1,256 @@
+"""Structural reparameterization: every fold RepNeXt's inference forms are made of.
+
+Three inference forms, selected by ``mode``:
+
+* ``"official"``: what the official ``utils.replace_batchnorm`` gives. ConvNorm -> Conv2d, RepDWConvS -> one
+  3x3, RepDWConvM -> one 7x7, the two NormLinear heads -> one Linear. The post-mixer BatchNorms and the
+  1x11 -> 11x1 pair stay. Its state-dict keys are the official fused keys.
+* ``"full"`` (default): ``official`` plus every BatchNorm folded. In a block the norm feeds only the 1x1
+  channel mixer, so it folds forward into that conv (exact, identity chunk included); in a downsample the
+  norm output also feeds the shortcut, so it folds backward into the depthwise kernels.
+* ``"single_branch"``: ``full`` plus ChunkConv collapsed into one 11x11 depthwise conv and CopyConv into
+  one 7x7 stride-2 depthwise conv with channel multiplier 2 (the README's "single-branch equivalent form").
+  Two things keep it exact where a naive collapse is not: the bias of the 1x11 conv reaches the 11x1
+  conv's zero padding differently at the top and bottom rows (a per-row correction, ``edge_correction``),
+  and a grouped conv emits channels interleaved while CopyConv concatenates them (a channel reorder).
+* ``"single_branch_plain"``: the same without the border correction: one plain conv per mixer, as the
+  README draws it. Exact except in the 5 top and bottom rows of each 1x11 -> 11x1 chunk (its error is
+  reported by the equivalence table, not hidden).
+
+Fusing never touches the module it is given: every ``fuse`` returns new modules.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FUSE_MODES = ("official", "full", "single_branch", "single_branch_plain")
+
+
+def check_mode(mode: str) -> str:
+    if mode not in FUSE_MODES:
+        raise ValueError(f"unknown fuse mode {mode!r}; expected one of {', '.join(FUSE_MODES)}")
+    return mode
+
+
+# --- tensor-level folds -------------------------------------------------------------------------------
+
+def bn_affine(bn: nn.BatchNorm1d | nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) such that ``bn(x) == x * scale + shift`` in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    return scale, bn.bias - bn.running_mean * scale
+
+
+def conv_bias(conv: nn.Conv2d) -> torch.Tensor:
+    return conv.bias if conv.bias is not None else conv.weight.new_zeros(conv.out_channels)
+
+
+def geometry(conv: nn.Conv2d) -> dict:
+    return dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+
+
+def make_conv(weight: torch.Tensor, bias: torch.Tensor, *, stride=1, padding=0, dilation=1, groups=1) -> nn.Conv2d:
+    """A Conv2d holding ``weight`` and ``bias``."""
+    conv = nn.Conv2d(
+        weight.shape[1] * groups, weight.shape[0], tuple(weight.shape[2:]), stride=stride, padding=padding,
+        dilation=dilation, groups=groups, bias=True, device=weight.device, dtype=weight.dtype,
+    )
+    conv.weight.data.copy_(weight)
+    conv.bias.data.copy_(bias)
+    return conv
+
+
+@torch.no_grad()
+def fuse_conv_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
+    """``conv`` followed by a per-channel affine map, as one conv."""
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    return make_conv(weight, conv_bias(conv) * scale + shift, **geometry(conv))
+
+
+@torch.no_grad()
+def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    return fuse_conv_affine(conv, *bn_affine(bn))
+
+
+@torch.no_grad()
+def fold_bn_into_next_conv(bn: nn.BatchNorm2d, conv: nn.Conv2d) -> nn.Conv2d:
+    """``conv(bn(x))`` as one conv; exact only for an unpadded 1x1 conv (no zero padding sees the shift)."""
+    if conv.kernel_size != (1, 1) or conv.padding != (0, 0) or conv.groups != 1:
+        raise ValueError(f"a BatchNorm folds forward only into a dense unpadded 1x1 conv, got {conv}")
+    scale, shift = bn_affine(bn)
+    weight = conv.weight * scale.view(1, -1, 1, 1)
+    bias = conv_bias(conv) + conv.weight.flatten(1) @ shift
+    return make_conv(weight, bias, **geometry(conv))
+
+
+@torch.no_grad()
+def fuse_bn_linear(bn: nn.BatchNorm1d, linear: nn.Linear) -> nn.Linear:
+    scale, shift = bn_affine(bn)
+    fused = nn.Linear(linear.in_features, linear.out_features, device=linear.weight.device,
+                      dtype=linear.weight.dtype)
+    fused.weight.data.copy_(linear.weight * scale[None, :])
+    fused.bias.data.copy_(linear.bias + linear.weight @ shift)
+    return fused
+
+
+def pad_kernel(weight: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero-pad a (.., kh, kw) kernel to (size, size), centred (all branches use centred 'same' padding)."""
+    kh, kw = weight.shape[-2:]
+    ph, pw = (size - kh) // 2, (size - kw) // 2
+    return F.pad(weight, (pw, size - kw - pw, ph, size - kh - ph))
+
+
+def effective_weight(conv: nn.Conv2d) -> torch.Tensor:
+    """The conv's kernel with its dilation spelled out as zeros between taps."""
+    dh, dw = conv.dilation
+    if (dh, dw) == (1, 1):
+        return conv.weight
+    kh, kw = conv.weight.shape[-2:]
+    out = conv.weight.new_zeros(*conv.weight.shape[:2], (kh - 1) * dh + 1, (kw - 1) * dw + 1)
+    out[..., ::dh, ::dw] = conv.weight
+    return out
+
+
+def path_kernel(path: Sequence[nn.Conv2d]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of one depthwise path: a single conv, or a 1xk conv then a kx1 conv.
+
+    A pair composes to the outer product of its kernels; the first conv must be bias-free for that
+    to be exact at the borders (the official S/M branches are).
+    """
+    if len(path) == 1:
+        return effective_weight(path[0]), conv_bias(path[0])
+    first, second = path
+    if first.bias is not None:
+        raise ValueError("a 1xk -> kx1 pair whose first conv has a bias does not fold to one kernel exactly")
+    if first.kernel_size[0] != 1 or second.kernel_size[1] != 1:
+        raise ValueError(f"expected a 1xk then kx1 pair, got {first.kernel_size} then {second.kernel_size}")
+    return second.weight * first.weight, conv_bias(second)
+
+
+@torch.no_grad()
+def fuse_dw_paths(paths: Sequence[Sequence[nn.Conv2d]], size: int, stride: int) -> nn.Conv2d:
+    """Parallel depthwise paths that sum (RepDWConvS / RepDWConvM) as one ``size`` x ``size`` conv."""
+    weight, bias = 0, 0
+    for path in paths:
+        w, b = path_kernel(path)
+        weight = weight + pad_kernel(w, size)
+        bias = bias + b
+    return make_conv(weight, bias, stride=stride, padding=size // 2, groups=paths[0][0].groups)
+
+
+def branch_kernel(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kernel and bias of a depthwise branch, fused or not."""
+    conv = module if isinstance(module, nn.Conv2d) else module.fuse()
+    return conv.weight, conv_bias(conv)
+
+
+# --- single-branch collapse ----------------------------------------------------------------------------
+
+class EdgeExactDWConv(nn.Module):
+    """One large depthwise conv, plus the per-row bias correction that makes a collapsed 1xk -> kx1 pair
+    exact: the first conv's bias ``b1`` is seen by the second conv's taps only inside the image, so near
+    the top and bottom border the folded bias ``b1 * sum(w2)`` over-counts by ``b1 * (taps outside)``.
+    """
+
+    def __init__(self, conv: nn.Conv2d, edge_bias: torch.Tensor, edge_kernel: torch.Tensor):
+        super().__init__()
+        self.conv = conv
+        self.register_buffer("edge_bias", edge_bias.detach().clone())  # b1 per channel (0: no pair)
+        self.register_buffer("edge_kernel", edge_kernel.detach().clone())  # w2 per channel, (C, 1, k, 1)
+
+    def edge_correction(self, height: int) -> torch.Tensor:
+        k = self.edge_kernel.shape[2]
+        ones = self.edge_kernel.new_ones(1, self.edge_kernel.shape[0], height, 1)
+        inside = F.conv2d(ones, self.edge_kernel, padding=(k // 2, 0), groups=self.edge_kernel.shape[0])
+        total = self.edge_kernel.sum((2, 3)).view(1, -1, 1, 1)
+        return (inside - total) * self.edge_bias.view(1, -1, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) + self.edge_correction(x.shape[2])
+
+
+class CatOrderDWConv(nn.Module):
+    """A depthwise conv with channel multiplier m whose outputs are reordered from the grouped conv's
+    interleaved order (c0a, c0b, c1a, ...) to CopyConv's concatenated order (c0a, c1a, ..., c0b, c1b, ...)."""
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return y.unflatten(1, (self.conv.groups, -1)).transpose(1, 2).flatten(1, 2)
+
+
+@torch.no_grad()
+def collapse_chunk_conv(chunk_conv: nn.Module, edge_correction: bool = True) -> nn.Module:
+    """ChunkConv (identity | S | M | 1x11 -> 11x1 on four channel chunks) as one 11x11 depthwise conv."""
+    pair = list(chunk_conv.conv_l)
+    size = pair[0].kernel_size[1]
+    w_s, b_s = branch_kernel(chunk_conv.conv_s)
+    w_m, b_m = branch_kernel(chunk_conv.conv_m)
+    first, second = pair
+    w_l = second.weight * first.weight
+    b1, b2 = conv_bias(first), conv_bias(second)
+    b_l = b2 + b1 * second.weight.sum((1, 2, 3))
+    w_i = torch.zeros_like(w_s[..., :1, :1]).add_(1.0)
+    weight = torch.cat([pad_kernel(w, size) for w in (w_i, w_s, w_m, w_l)])
+    bias = torch.cat((torch.zeros_like(b_s), b_s, b_m, b_l))
+    conv = make_conv(weight, bias, padding=size // 2, groups=weight.shape[0])
+    if not edge_correction:
+        return conv
+    n_plain = weight.shape[0] - b1.shape[0]
+    edge_bias = torch.cat((b1.new_zeros(n_plain), b1))
+    edge_kernel = torch.cat((second.weight.new_zeros(n_plain, 1, size, 1), second.weight))
+    return EdgeExactDWConv(conv, edge_bias, edge_kernel)
+
+
+@torch.no_grad()
+def collapse_copy_conv(copy_conv: nn.Module) -> nn.Module:
+    """CopyConv (cat of S and M, each stride 2 over all channels) as one 7x7 depthwise conv, multiplier 2."""
+    w_s, b_s = branch_kernel(copy_conv.conv_s)
+    w_m, b_m = branch_kernel(copy_conv.conv_m)
+    size = w_m.shape[-1]
+    weight = torch.stack((pad_kernel(w_s, size), w_m), dim=1).flatten(0, 1)  # grouped order: (c, branch)
+    bias = torch.stack((b_s, b_m), dim=1).flatten()
+    conv = make_conv(weight, bias, stride=copy_conv.conv_m.stride, padding=size // 2, groups=w_s.shape[0])
+    return CatOrderDWConv(conv)
+
+
+@torch.no_grad()
+def fold_bn_into_copy_conv(copy_conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+    """BatchNorm after a (branch-fused) CopyConv, folded into its two depthwise convs."""
+    scale, shift = bn_affine(bn)
+    n = scale.shape[0] // 2
+    out = copy.deepcopy(copy_conv)
+    out.conv_s = fuse_conv_affine(copy_conv.conv_s, scale[:n], shift[:n])
+    out.conv_m = fuse_conv_affine(copy_conv.conv_m, scale[n:], shift[n:])
+    return out
+
+
+# --- tree walking -------------------------------------------------------------------------------------
+
+def _call_fuse(module: nn.Module, mode: str) -> nn.Module:
+    fuse = module.fuse
+    return fuse(mode=mode) if "mode" in inspect.signature(fuse).parameters else fuse()
+
+
+def fuse_children(module: nn.Module, mode: str = "full") -> nn.Module:
+    """A copy of ``module`` whose children are replaced by their fused forms (recursively)."""
+    check_mode(mode)
+    fused = copy.deepcopy(module)
+
+    def walk(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if hasattr(child, "fuse"):
+                setattr(parent, name, _call_fuse(child, mode))
+            else:
+                walk(child)
+
+    walk(fused)
+    return fused
