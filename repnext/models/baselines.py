@@ -22,7 +22,7 @@ from timm.models.convnext import checkpoint_filter_fn as convnext_filter_fn
 from timm.models.repvit import RepVit
 from timm.models.repvit import _cfg as _repvit_cfg
 
-__all__ = ["ConvNeXtDownsample"]
+__all__ = ["ConvNeXtDS", "ConvNeXtDownsample"]
 
 
 class ConvNeXtDownsample(nn.Module):
@@ -51,21 +51,26 @@ class ConvNeXtDownsample(nn.Module):
         return (shortcut + y).permute(0, 3, 1, 2)
 
 
-def _create_convnext_ds(variant: str, ds_variant: str, pretrained: bool = False, **kwargs) -> ConvNeXt:
-    mlp_ratio = kwargs.pop("ds_mlp_ratio", 1.0)
-    model = build_model_with_cfg(
-        ConvNeXt, variant, pretrained,
+class ConvNeXtDS(ConvNeXt):
+    """ConvNeXt with RepNeXt-style downsampling layers between stages (the stem is untouched)."""
+
+    def __init__(self, *args, ds_variant: str = "A", ds_mlp_ratio: float = 1.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        for stage in list(self.stages)[1:]:
+            norm, conv = stage.downsample
+            if not (isinstance(norm, LayerNorm2d) and conv.stride == (2, 2)):
+                raise RuntimeError(f"unexpected ConvNeXt downsample layout {stage.downsample}")
+            stage.downsample = ConvNeXtDownsample(conv.in_channels, conv.out_channels, ds_mlp_ratio, ds_variant)
+
+
+def _create_convnext_ds(variant: str, ds_variant: str, pretrained: bool = False, **kwargs) -> ConvNeXtDS:
+    model_args = dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True, ds_variant=ds_variant)
+    return build_model_with_cfg(
+        ConvNeXtDS, variant, pretrained,
         pretrained_filter_fn=convnext_filter_fn,
         feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True),
-        **dict(dict(depths=(2, 2, 6, 2), dims=(48, 96, 192, 384), conv_mlp=True), **kwargs),
+        **dict(model_args, **kwargs),
     )
-    for stage in list(model.stages)[1:]:
-        old = stage.downsample
-        conv = old[1]
-        if not (isinstance(old[0], LayerNorm2d) and conv.stride == (2, 2)):
-            raise RuntimeError(f"unexpected ConvNeXt downsample layout {old}")
-        stage.downsample = ConvNeXtDownsample(conv.in_channels, conv.out_channels, mlp_ratio, ds_variant)
-    return model
 
 
 def _create_repvit(variant: str, pretrained: bool = False, **kwargs) -> RepVit:
@@ -91,10 +96,10 @@ def repvit_m0_6(pretrained: bool = False, **kwargs) -> RepVit:
 
 
 @register_model
-def convnext_femto_ds_a(pretrained: bool = False, **kwargs) -> ConvNeXt:
+def convnext_femto_ds_a(pretrained: bool = False, **kwargs) -> ConvNeXtDS:
     return _create_convnext_ds("convnext_femto_ds_a", "A", pretrained, **kwargs)
 
 
 @register_model
-def convnext_femto_ds_b(pretrained: bool = False, **kwargs) -> ConvNeXt:
+def convnext_femto_ds_b(pretrained: bool = False, **kwargs) -> ConvNeXtDS:
     return _create_convnext_ds("convnext_femto_ds_b", "B", pretrained, **kwargs)

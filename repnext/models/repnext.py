@@ -475,6 +475,12 @@ def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.
 
 def _create_repnext(variant: str, pretrained: bool = False, **kwargs) -> RepNeXt:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
+    overlay = dict(kwargs.pop("pretrained_cfg_overlay", None) or {})
+    if overlay.get("file"):
+        # timm resets custom_load for a user file; keep ours: official files carry argparse Namespaces
+        # (timm's weights_only load refuses them) and EMA weights (timm would prefer them)
+        overlay.setdefault("custom_load", True)
+    kwargs["pretrained_cfg_overlay"] = overlay
     return build_model_with_cfg(
         RepNeXt,
         variant,

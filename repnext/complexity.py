@@ -1,0 +1,66 @@
+"""Parameters and MACs in the paper's convention: the fused (inference) form, multiply-accumulates of
+convolutions and linear layers at 1x3x224x224 (``torch.utils.flop_counter`` FLOPs / 2)."""
+from __future__ import annotations
+
+import inspect
+from dataclasses import asdict, dataclass
+
+import timm
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# the dataset behind each reference table, where it is not ImageNet-1K
+TABLE_NUM_CLASSES = {"compact_cifar100": 100}
+# which inference form each table counted: the README's main tables count the official fuse (post-mixer
+# BatchNorms kept: M1E 5,255,080 -> 5.3M, fully folded 5,245,520 would print 5.2M); the compact-model
+# tables count the fully folded form (M0 2.328M, not 2.333M).
+TABLE_FUSE_MODE = {"compact_cifar100": "full", "compact_imagenet": "full"}
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224)) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(torch.zeros(input_size))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def inference_form(model: nn.Module, mode: str = "full") -> nn.Module:
+    """The fused model: RepNeXt's ``fuse(mode)``, else timm's generic hook (models without one: as is)."""
+    model = model.eval()
+    if hasattr(model, "fuse") and "mode" in inspect.signature(model.fuse).parameters:
+        return model.fuse(mode=mode)
+    return timm.utils.reparameterize_model(model)
+
+
+@dataclass(frozen=True)
+class Complexity:
+    model: str
+    num_classes: int
+    img_size: int
+    fuse_mode: str
+    train_params: int
+    fused_params: int
+    macs: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure(name: str, num_classes: int = 1000, img_size: int = 224, fuse_mode: str = "full") -> Complexity:
+    model = timm.create_model(name, num_classes=num_classes)
+    fused = inference_form(model, fuse_mode)
+    return Complexity(
+        model=name, num_classes=num_classes, img_size=img_size, fuse_mode=fuse_mode,
+        train_params=count_params(model),
+        fused_params=count_params(fused), macs=count_macs(fused, (1, 3, img_size, img_size)),
+    )

@@ -1,0 +1,36 @@
+import os
+
+# before torch is imported: spinning OpenMP threads next to another busy process slow steps 20-60x
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import repnext  # noqa: E402,F401  (registers the models)
+
+torch.set_num_threads(1)
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def manifest() -> dict:
+    """State-dict manifest of the official release checkpoints (copied from the official implementation)."""
+    return json.loads((DATA / "state_dict_manifest.json").read_text())
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every BatchNorm non-trivial statistics and affine parameters, so folds are really tested."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+    return model

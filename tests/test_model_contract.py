@@ -1,0 +1,112 @@
+"""timm's per-model contract, for every model this package registers."""
+import pytest
+import timm
+import torch
+
+from repnext.models import REGISTERED_MODELS, REPNEXT_MODELS, SINGLE_BRANCH_MODELS
+
+SIZE = 64  # every model has stride 32: a 2x2 final map keeps the contract checks fast
+
+
+@pytest.fixture(scope="module", params=REGISTERED_MODELS)
+def name(request):
+    return request.param
+
+
+def test_registered_with_timm(name):
+    assert name in timm.list_models()
+    assert timm.is_model(name)
+
+
+def test_forward_backward_reaches_every_parameter(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=10).train()
+    out = model(torch.randn(2, 3, SIZE, SIZE))
+    assert out.shape == (2, 10)
+    torch.nn.functional.cross_entropy(out, torch.tensor([1, 2])).backward()
+    # (a zero gradient can be genuine here: train-mode BatchNorm1d in the head cancels per-channel shifts)
+    unreached = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not unreached, f"no gradient reached {unreached[:5]}"
+
+
+def test_default_cfg_names_existing_modules(name):
+    model = timm.create_model(name)
+    cfg = model.pretrained_cfg
+    for key in ("first_conv", "classifier", "input_size", "mean", "std", "crop_pct", "num_classes"):
+        assert key in cfg, key
+    first_conv = model.get_submodule(cfg["first_conv"])
+    assert first_conv.in_channels == 3
+    classifiers = cfg["classifier"] if isinstance(cfg["classifier"], tuple) else (cfg["classifier"],)
+    for classifier in classifiers:
+        assert model.get_submodule(classifier).out_features == cfg["num_classes"]
+
+
+def test_features_only_shapes_and_reductions(name):
+    model = timm.create_model(name, features_only=True).eval()
+    feats = model(torch.randn(1, 3, SIZE, SIZE))
+    info = model.feature_info
+    assert len(feats) == len(info.channels()) == 4
+    for f, chs, red in zip(feats, info.channels(), info.reduction()):
+        assert f.shape == (1, chs, SIZE // red, SIZE // red)
+    assert info.reduction() == [4, 8, 16, 32]
+
+
+def test_features_only_out_indices(name):
+    model = timm.create_model(name, features_only=True, out_indices=(1, 3)).eval()
+    feats = model(torch.randn(1, 3, SIZE, SIZE))
+    assert [f.shape[-1] for f in feats] == [SIZE // 8, SIZE // 32]
+
+
+def test_forward_intermediates_matches_forward_features(name):
+    model = timm.create_model(name).eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        torch.testing.assert_close(final, model.forward_features(x))
+        assert len(intermediates) == 4
+        only = model.forward_intermediates(x, indices=[2], intermediates_only=True)
+    torch.testing.assert_close(only[0], intermediates[2])
+
+
+def test_reset_classifier_and_pre_logits(name):
+    model = timm.create_model(name).eval()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    model.reset_classifier(7)
+    assert model(x).shape == (2, 7)
+    pre = model.forward_head(model.forward_features(x), pre_logits=True)
+    assert pre.shape == (2, model.num_features)
+    model.reset_classifier(0)
+    assert model(x).shape == (2, model.num_features)
+
+
+@pytest.mark.parametrize("name", REPNEXT_MODELS[:2] + SINGLE_BRANCH_MODELS[:1])
+def test_grad_checkpointing_gives_the_same_gradients(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5).train()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    model(x).sum().backward()
+    reference = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, reference[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+def test_distilled_training_returns_both_heads():
+    model = timm.create_model("repnext_m0", num_classes=10, distillation=True).train()
+    x = torch.randn(2, 3, SIZE, SIZE)
+    out, out_dist = model(x)
+    assert out.shape == out_dist.shape == (2, 10)
+    model.set_distilled_training(False)
+    averaged = model(x)
+    assert averaged.shape == (2, 10)
+    model.eval()
+    assert isinstance(model(x), torch.Tensor)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="global_pool"):
+        timm.create_model("repnext_m0", global_pool="max")
+    with pytest.raises(ValueError, match="divisible by 4"):
+        timm.create_model("repnext_m0", embed_dim=(42, 84, 168, 336))
