@@ -3,14 +3,14 @@ import os
 # before torch is imported: spinning OpenMP threads next to another busy process slow steps 20-60x
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
+import json
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
+import pytest
+import torch
+from torch import nn
 
-import repnext  # noqa: E402,F401  (registers the models)
+import repnext  # noqa: F401  (registers the models)
 
 torch.set_num_threads(1)
 DATA = Path(__file__).parent / "data"

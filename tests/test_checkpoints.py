@@ -123,7 +123,7 @@ def test_not_a_checkpoint(tmp_path):
         read_checkpoint(tmp_path / "missing.pth")
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x00" * 16)
-    with pytest.raises(CheckpointError, match="not a valid .safetensors"):
+    with pytest.raises(CheckpointError, match=r"not a valid \.safetensors"):
         read_checkpoint(broken)
     torch.save([1, 2, 3], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="holds a list"):
