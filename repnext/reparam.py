@@ -190,15 +190,14 @@ class CatOrderDWConv(nn.Module):
 @torch.no_grad()
 def collapse_chunk_conv(chunk_conv: nn.Module, edge_correction: bool = True) -> nn.Module:
     """ChunkConv (identity | S | M | 1x11 -> 11x1 on four channel chunks) as one 11x11 depthwise conv."""
-    pair = list(chunk_conv.conv_l)
-    size = pair[0].kernel_size[1]
+    first, second = chunk_conv.conv_l
+    size = first.kernel_size[1]
     w_s, b_s = branch_kernel(chunk_conv.conv_s)
     w_m, b_m = branch_kernel(chunk_conv.conv_m)
-    first, second = pair
     w_l = second.weight * first.weight
     b1, b2 = conv_bias(first), conv_bias(second)
     b_l = b2 + b1 * second.weight.sum((1, 2, 3))
-    w_i = torch.zeros_like(w_s[..., :1, :1]).add_(1.0)
+    w_i = torch.ones_like(w_s[..., :1, :1])  # identity chunk: a centred 1
     weight = torch.cat([pad_kernel(w, size) for w in (w_i, w_s, w_m, w_l)])
     bias = torch.cat((torch.zeros_like(b_s), b_s, b_m, b_l))
     conv = make_conv(weight, bias, padding=size // 2, groups=weight.shape[0])
