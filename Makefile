@@ -31,8 +31,9 @@ paper_tables: env models  ## regenerate every table that the project can produce
 models: env
 	$(BIN)/python -m repnext.models --output paper_tables/models.md
 
-bench: env
+bench: env  ## speed figures (not tests): fused forms, smoke training
 	$(BIN)/python benchmarks/fused_forms.py
+	$(BIN)/python benchmarks/smoke_train.py
 
 lint: env
 	$(BIN)/ruff check repnext tests benchmarks

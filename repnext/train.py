@@ -1,0 +1,532 @@
+"""The training and evaluation engine: one run of a recipe under a profile, resumable at any point.
+
+    python -m repnext.train --model repnext_m0 --recipe repvit --profile smoke --data digits --output results/x
+
+The same function, ``train(RunConfig(...), output)``, is what the notebooks call. A run writes its folder of
+the results store (``repnext.results``): config.json, log.txt (one DeiT-schema JSON line per epoch),
+checkpoint.pth (every epoch, atomically; also mid-epoch on SIGTERM/SIGUSR2 and every
+``checkpoint_interval`` seconds) and, at the end, record.json. Starting a run whose folder holds a
+checkpoint resumes it and finishes with the same log and metrics as an uninterrupted run: data order,
+augmentation and mixup are seeded by (seed, epoch, position), not by process state.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import timm
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.data import Mixup, create_transform, resolve_data_config
+from timm.data.distributed_sampler import RepeatAugSampler
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+from tqdm import tqdm
+
+import repnext
+
+from .checkpoint import CheckpointError
+from .complexity import count_macs, count_params, inference_form
+from .config import RunConfig, Settings
+from .data import DatasetError, DataSplits, Transformed, build_dataset, sample_seed, seed_everything
+from .results import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
+
+INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)  # what SLURM sends before time-out or preemption
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot start or cannot go on (bad input, diverged loss)."""
+
+
+class Interrupted(Exception):
+    """The run checkpointed and stopped on request; starting it again resumes it."""
+
+
+# --- distributed -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """DDP from the environment torchrun (or submitit's TorchDistributedEnvironment.export()) sets."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def all_sum(values: list[float], env: Dist) -> list[float]:
+    if env.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+class PositionedSampler(Sampler):
+    """Yields (position, index) from a base sampler, starting at ``start`` (to resume mid-epoch). The
+    position, made unique across ranks, seeds the sample's augmentation."""
+
+    def __init__(self, base: Sampler | list[int], env: Dist):
+        self.base, self.env, self.start = base, env, 0
+
+    def __len__(self) -> int:
+        return len(self.base) - self.start
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for position, index in enumerate(self.base):
+            if position >= self.start:
+                yield position * self.env.world + self.env.rank, index
+
+
+class EpochPermutation(Sampler):
+    """A shuffled order of this rank's share of the data, fixed by (seed, epoch)."""
+
+    def __init__(self, n: int, seed: int, env: Dist):
+        self.n, self.seed, self.env, self.epoch = n, seed, env, 0
+        self.num_samples = n // env.world
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch))
+        order = torch.randperm(self.n, generator=g).tolist()
+        return iter(order[self.env.rank:self.num_samples * self.env.world:self.env.world])
+
+
+def build_loaders(s: Settings, splits: DataSplits, env: Dist, model: nn.Module):
+    r = s.recipe
+    data_cfg = resolve_data_config({}, model=model)
+    train_tf = create_transform(
+        s.img_size, is_training=True, scale=r.scale, hflip=r.hflip if splits.hflip_ok else 0.0,
+        color_jitter=r.color_jitter, auto_augment=r.auto_augment, interpolation=r.train_interpolation,
+        re_prob=r.reprob, re_mode=r.remode, re_count=r.recount, mean=data_cfg["mean"], std=data_cfg["std"],
+    )
+    eval_tf = create_transform(
+        s.img_size, is_training=False, crop_pct=r.eval_crop_pct, interpolation=r.eval_interpolation,
+        mean=data_cfg["mean"], std=data_cfg["std"],
+    )
+    train_set = Transformed(splits.train, train_tf, s.seed)
+    if r.repeated_aug:
+        base = RepeatAugSampler(splits.train, num_replicas=env.world, rank=env.rank, shuffle=True,
+                                num_repeats=r.repeated_aug)
+    else:
+        base = EpochPermutation(len(splits.train), s.seed, env)
+    per_rank = s.batch_size // env.world
+    if len(base) < per_rank:
+        raise TrainingError(f"{len(base)} training samples per process is less than one batch of {per_rank}; "
+                            "lower --batch-size")
+    sampler = PositionedSampler(base, env)
+    train = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=True, num_workers=s.workers,
+                       pin_memory=torch.cuda.is_available())
+    val_set = Transformed(splits.val, eval_tf, s.seed)
+    val_indices = list(range(len(splits.val)))[env.rank::env.world]  # every sample once, no padding
+    val = DataLoader(val_set, batch_size=per_rank, sampler=PositionedSampler(val_indices, Dist()),
+                     num_workers=s.workers)
+    return train, val
+
+
+# --- losses ----------------------------------------------------------------------------------------------
+
+class DistillationLoss(nn.Module):
+    """DeiT's distillation loss: the class head learns the (mixed) targets, the distillation head the
+    teacher's hard decision; ``alpha`` weighs the two. Without a teacher, the base criterion only."""
+
+    def __init__(self, base: nn.Module, teacher: nn.Module | None = None, alpha: float = 0.5, kind: str = "hard",
+                 tau: float = 1.0):
+        super().__init__()
+        if kind not in ("hard", "soft"):
+            raise ValueError(f"distillation kind must be 'hard' or 'soft', got {kind!r}")
+        self.base, self.teacher, self.alpha, self.kind, self.tau = base, teacher, alpha, kind, tau
+
+    def forward(self, inputs: torch.Tensor, outputs, targets: torch.Tensor) -> torch.Tensor:
+        if self.teacher is None:
+            if isinstance(outputs, tuple):
+                raise TrainingError("the model returned two heads but no teacher was given")
+            return self.base(outputs, targets)
+        if not isinstance(outputs, tuple):
+            raise TrainingError("distillation needs the model's (head, head_dist) outputs in training mode")
+        outputs, outputs_dist = outputs
+        base_loss = self.base(outputs, targets)
+        with torch.no_grad():
+            teacher_out = self.teacher(inputs)
+        if self.kind == "hard":
+            dist_loss = F.cross_entropy(outputs_dist, teacher_out.argmax(dim=1))
+        else:
+            t = self.tau
+            dist_loss = F.kl_div(F.log_softmax(outputs_dist / t, 1), F.log_softmax(teacher_out / t, 1),
+                                 reduction="batchmean", log_target=True) * t * t
+        return base_loss * (1 - self.alpha) + dist_loss * self.alpha
+
+
+# --- building --------------------------------------------------------------------------------------------
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
+    return torch.device(name)
+
+
+def create_student(s: Settings, num_classes: int) -> nn.Module:
+    kwargs = dict(num_classes=num_classes)
+    if s.config.distillation:
+        if not s.config.model.startswith("repnext"):
+            raise TrainingError(f"distillation needs a model with a distillation head; {s.config.model} has none")
+        kwargs["distillation"] = True
+    try:
+        return timm.create_model(s.config.model, **kwargs)
+    except RuntimeError as e:
+        raise TrainingError(f"cannot build model {s.config.model!r}: {e}") from None
+
+
+def build_teacher(s: Settings, splits: DataSplits, output: Path, device: torch.device, progress: bool) -> nn.Module:
+    name = s.profile.teacher or s.recipe.teacher
+    if s.config.teacher_checkpoint:
+        path = Path(s.config.teacher_checkpoint).expanduser()
+        if not path.is_file():
+            raise TrainingError(f"teacher checkpoint {path} does not exist")
+    elif s.profile.teacher_epochs:
+        # a small teacher trained here, by this engine, on the same data (cached in the run folder)
+        teacher_cfg = dataclasses.replace(
+            s.config, model=name, distillation=False, epochs=s.profile.teacher_epochs, teacher_checkpoint=None)
+        train(teacher_cfg, output / "teacher", progress=progress)
+        path = output / "teacher" / "checkpoint.pth"
+    else:
+        raise TrainingError(f"distillation with the {s.profile.name} profile needs --teacher-checkpoint "
+                            f"(weights of {name}, e.g. DeiT's regnety_160-a5fe301d.pth)")
+    try:
+        teacher = timm.create_model(name, num_classes=splits.num_classes, pretrained=True,
+                                    pretrained_cfg_overlay=dict(file=str(path)))
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise TrainingError(f"cannot load teacher {name} from {path}: {str(e).splitlines()[0]}") from None
+    return teacher.to(device).eval().requires_grad_(False)
+
+
+def environment(device: torch.device, env: Dist) -> dict:
+    def git_sha() -> str | None:
+        try:
+            return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                                  text=True, timeout=10).stdout.strip() or None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    return {
+        "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(), "device": str(device),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "world_size": env.world, "torch": torch.__version__, "timm": timm.__version__,
+        "repnext": repnext.__version__, "git_sha": git_sha(),
+    }
+
+
+# --- the loop --------------------------------------------------------------------------------------------
+
+def _autocast(device: torch.device, amp: str):
+    if device.type != "cuda" or amp == "none":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=getattr(torch, amp))
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, env: Dist, amp: str = "none",
+             channels_last: bool = False) -> dict:
+    model.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss, correct@1, correct@5, n
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with _autocast(device, amp):
+            out = model(x)
+        out = out.float()
+        top1, top5 = accuracy(out, y, topk=(1, min(5, out.shape[1])))
+        n = y.shape[0]
+        sums = [sums[0] + F.cross_entropy(out, y, reduction="sum").item(), sums[1] + top1.item() * n / 100,
+                sums[2] + top5.item() * n / 100, sums[3] + n]
+    loss, c1, c5, n = all_sum(sums, env)
+    return {"loss": loss / n, "acc1": 100 * c1 / n, "acc5": 100 * c5 / n, "n": int(n)}
+
+
+def train(
+        config: RunConfig,
+        output: str | Path,
+        progress: bool = True,
+        should_stop: Callable[[], bool] | None = None,
+        checkpoint_interval: float = 900.0,
+) -> dict:
+    """Run (or resume, or return the finished record of) one training run; returns its record.
+
+    ``should_stop`` is polled after every step: when it returns True the run checkpoints mid-epoch and
+    raises ``Interrupted`` (the CLI wires SIGTERM/SIGUSR2 to it).
+    """
+    paths = RunPaths(Path(output).expanduser())
+    settings = config.resolve()
+    try:
+        paths.root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"cannot create output folder {paths.root}: {e.strerror}") from None
+    if not os.access(paths.root, os.W_OK):
+        raise TrainingError(f"output folder {paths.root} is not writable")
+    stored = read_json(paths.config)
+    if stored is not None and stored["config"] != dataclasses.asdict(config):
+        stored_id = stored.get("run_id")
+        raise TrainingError(f"{paths.root} holds another run ({stored_id}, not {config.run_id}); "
+                            "choose another --output")
+    record = read_json(paths.record)
+    if record is not None and record.get("status") == "complete":
+        return record
+
+    device = pick_device(config.device)
+    env = init_distributed(device)
+    try:
+        splits = build_dataset(settings.data, config.data_root, settings.img_size)
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
+    if env.main:
+        write_json(paths.config, settings.as_dict())
+    seed_everything(sample_seed(settings.seed, env.rank))
+    model = create_student(settings, splits.num_classes).to(device)
+    profile, recipe = settings.profile, settings.recipe
+    channels_last = device.type == "cuda" and profile.channels_last
+    amp = profile.amp if device.type == "cuda" else "none"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    teacher = build_teacher(settings, splits, paths.root, device, progress) if config.distillation else None
+    train_loader, val_loader = build_loaders(settings, splits, env, model)
+
+    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=settings.lr, weight_decay=recipe.weight_decay,
+                                    eps=recipe.opt_eps)
+    scheduler = CosineLRScheduler(optimizer, t_initial=recipe.sched_epochs, lr_min=recipe.min_lr,
+                                  warmup_t=recipe.warmup_epochs, warmup_lr_init=recipe.warmup_lr, t_in_epochs=True)
+    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
+    scaler = torch.amp.GradScaler("cuda") if amp == "float16" else None
+    mixup = None
+    if recipe.mixup > 0 or recipe.cutmix > 0:
+        mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
+                      switch_prob=recipe.mixup_switch_prob, mode=recipe.mixup_mode,
+                      label_smoothing=recipe.smoothing, num_classes=splits.num_classes)
+        base_criterion = SoftTargetCrossEntropy()
+    elif recipe.smoothing:
+        base_criterion = LabelSmoothingCrossEntropy(recipe.smoothing)
+    else:
+        base_criterion = nn.CrossEntropyLoss()
+    criterion = DistillationLoss(base_criterion, teacher, recipe.distill_alpha, "hard", recipe.distill_tau)
+    ddp_model = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+
+    state = {"epoch": 0, "step": 0, "history": [], "best": None, "partial": [0.0, 0, 0],
+             "train_time": 0.0, "train_samples": 0}
+    if paths.checkpoint.is_file():
+        try:
+            ckpt = load_checkpoint(paths.checkpoint)
+        except Exception as e:  # a foreign or truncated file: say which, touch nothing
+            raise TrainingError(f"cannot resume from {paths.checkpoint}: {str(e).splitlines()[0]}") from None
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if ema is not None and ckpt.get("ema") is not None:
+            ema.load_state_dict(ckpt["ema"])
+        if scaler is not None and ckpt.get("scaler") is not None:
+            scaler.load_state_dict(ckpt["scaler"])
+        state.update({k: ckpt[k] for k in state})
+    n_parameters = count_params(model)
+
+    def checkpoint(epoch: int, step: int, partial: list) -> None:
+        if not env.main:
+            return
+        save_checkpoint(paths.checkpoint, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+            "epoch": epoch, "step": step, "partial": list(partial), "history": state["history"],
+            "best": state["best"], "train_time": state["train_time"], "train_samples": state["train_samples"],
+            "run_id": config.run_id,
+        })
+
+    last_save = time.monotonic()
+    for epoch in range(state["epoch"], recipe.epochs):
+        lr_epoch = max(epoch - recipe.lr_epoch_lag, 0)
+        scheduler.step(lr_epoch)
+        lr = optimizer.param_groups[0]["lr"]
+        start_step = state["step"] if epoch == state["epoch"] else 0
+        loss_sum, steps, samples = state["partial"] if start_step else (0.0, 0, 0)
+        if hasattr(train_loader.sampler.base, "set_epoch"):
+            train_loader.sampler.base.set_epoch(epoch)
+        train_loader.sampler.start = start_step * train_loader.batch_size
+        train_loader.dataset.epoch = epoch
+        ddp_model.train()
+        t0 = time.perf_counter()
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
+                   disable=not (progress and env.main), initial=start_step,
+                   total=start_step + len(train_loader))
+        for step, (x, y) in enumerate(bar, start=start_step):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            if mixup is not None:
+                seed_everything(sample_seed(settings.seed, epoch, step, env.rank, 1))
+                x, y = mixup(x, y)
+            with _autocast(device, amp):
+                loss = criterion(x, ddp_model(x), y)
+            if not math.isfinite(loss.item()):
+                error = f"loss is {loss.item()} at epoch {epoch}, step {step} (lr {lr:.3g}); the run diverged"
+                if env.main:
+                    write_json(paths.record, {"status": "failed", "run_id": config.run_id, "error": error,
+                                              "epoch": epoch, "step": step})
+                raise TrainingError(error)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            if recipe.clip_grad is not None:
+                dispatch_clip_grad(model.parameters(), recipe.clip_grad, mode=recipe.clip_mode)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            if ema is not None:
+                ema.update(model)
+            loss_sum, steps, samples = loss_sum + loss.item(), steps + 1, samples + x.shape[0]
+            bar.set_postfix(loss=f"{loss_sum / steps:.3f}", lr=f"{lr:.2e}")
+            stop = should_stop is not None and should_stop()
+            if stop or time.monotonic() - last_save > checkpoint_interval:
+                state["train_time"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                checkpoint(epoch, step + 1, [loss_sum, steps, samples])
+                last_save = time.monotonic()
+                if stop:
+                    raise Interrupted(f"checkpointed at epoch {epoch}, step {step + 1}; run again to resume")
+        bar.close()
+        state["train_time"] += time.perf_counter() - t0
+        loss_sum, steps, samples = all_sum([loss_sum, steps, samples], env)
+        state["train_samples"] += int(samples)
+        metrics = evaluate(model, val_loader, device, env, amp, channels_last)
+        entry = {"train_lr": lr, "train_loss": loss_sum / max(steps, 1), "test_loss": metrics["loss"],
+                 "test_acc1": metrics["acc1"], "test_acc5": metrics["acc5"], "epoch": epoch,
+                 "n_parameters": n_parameters}
+        state["history"].append(entry)
+        if state["best"] is None or metrics["acc1"] > state["best"]["acc1"]:
+            state["best"] = {"acc1": metrics["acc1"], "acc5": metrics["acc5"], "epoch": epoch}
+        state["epoch"], state["step"] = epoch + 1, 0
+        checkpoint(epoch + 1, 0, [0.0, 0, 0])
+        last_save = time.monotonic()
+        if env.main:
+            write_log(paths.log, state["history"])
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: loss {entry['train_loss']:.4f}, "
+                           f"top-1 {metrics['acc1']:.2f}, top-5 {metrics['acc5']:.2f}, lr {lr:.2e}")
+
+    # the inference form must score exactly what the training form scores
+    t0 = time.perf_counter()
+    final = evaluate(model, val_loader, device, env, amp, channels_last)
+    eval_seconds = time.perf_counter() - t0
+    fused = inference_form(model)
+    fused_metrics = evaluate(fused, val_loader, device, env, amp, channels_last)
+    record = {
+        "status": "complete", "run_id": config.run_id, "model": config.model, "recipe": recipe.name,
+        "profile": profile.name, "data": settings.data, "distillation": config.distillation,
+        "epochs": recipe.epochs, "img_size": settings.img_size, "batch_size": settings.batch_size,
+        "lr": settings.lr, "num_classes": splits.num_classes,
+        "best": state["best"], "final": {"acc1": final["acc1"], "acc5": final["acc5"], "loss": final["loss"]},
+        "fused": {"acc1": fused_metrics["acc1"], "acc5": fused_metrics["acc5"], "loss": fused_metrics["loss"]},
+        "params": n_parameters, "fused_params": count_params(fused),
+        "macs": count_macs(fused.cpu(), (1, 3, settings.img_size, settings.img_size)),
+        "train_images_per_second": state["train_samples"] / max(state["train_time"], 1e-9),
+        "eval_images_per_second": final["n"] / max(eval_seconds, 1e-9),
+        "train_time_s": state["train_time"], "source": "trained", "environment": environment(device, env),
+    }
+    if env.main:
+        write_json(paths.record, record)
+    return record
+
+
+# --- command line ----------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .profiles import PROFILES
+    from .recipes import RECIPES
+
+    p = argparse.ArgumentParser(prog="python -m repnext.train", description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True, help="a timm model name, e.g. repnext_m0")
+    p.add_argument("--recipe", default="repvit", choices=sorted(RECIPES))
+    p.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    p.add_argument("--data", choices=DATASETS, help="default: the profile's")
+    p.add_argument("--data-root", help="folder of ImageNet (train/, val/) or CIFAR-100 (cifar-100-python/)")
+    p.add_argument("--output", required=True, help="the run's folder in the results store")
+    p.add_argument("--distillation", action="store_true", help="DeiT hard distillation from the recipe's teacher")
+    p.add_argument("--teacher-checkpoint", help="teacher weights (full profile: regnety_160 from DeiT)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int, help="total batch over all processes")
+    p.add_argument("--img-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--workers", type=int)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    fields = {f.name for f in dataclasses.fields(RunConfig)}
+    config = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    requested = []
+    handlers = {sig: signal.signal(sig, lambda signum, frame: requested.append(signum)) for sig in INTERRUPT_SIGNALS}
+    try:
+        record = train(config, args.output, progress=not args.no_progress, should_stop=lambda: bool(requested))
+    except Interrupted as e:
+        print(f"interrupted by {signal.Signals(requested[0]).name}: {e}", file=sys.stderr)
+        return 128 + requested[0]
+    except (TrainingError, CheckpointError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    best, fused = record["best"], record["fused"]
+    print(f"{config.model}: best top-1 {best['acc1']:.2f} (epoch {best['epoch']}), final fused top-1 "
+          f"{fused['acc1']:.2f}, {record['train_images_per_second']:.1f} img/s -> {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

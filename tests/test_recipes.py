@@ -1,0 +1,91 @@
+"""The `full` profile reproduces every row of the official recipes (reference/recipes.md), and the smoke
+profile scales them as documented."""
+import pytest
+
+from repnext.config import RunConfig
+from repnext.profiles import SMOKE, get_profile
+from repnext.recipes import RECIPES, get_recipe, recipe_table
+
+
+def full(recipe: str, distillation: bool = False):
+    return RunConfig(model="repnext_m1", recipe=recipe, profile="full", distillation=distillation).resolve()
+
+
+def test_repvit_recipe_in_the_full_profile():
+    s = full("repvit")
+    r = s.recipe
+    assert (s.img_size, s.batch_size, r.epochs, r.sched_epochs) == (224, 2048, 300, 300)
+    assert s.lr == pytest.approx(4e-3)                        # 1e-3 x 2048 / 512
+    assert full("repvit", distillation=True).batch_size == 1024
+    assert full("repvit", distillation=True).lr == pytest.approx(2e-3)
+    assert (r.opt, r.weight_decay, r.opt_eps) == ("adamw", 0.025, 1e-8)
+    assert (r.warmup_epochs, r.warmup_lr, r.min_lr, r.lr_epoch_lag) == (5, 1e-6, 1e-5, 1)
+    assert (r.clip_grad, r.clip_mode) == (0.02, "agc")
+    assert r.ema_decay == 0.99996
+    assert (r.auto_augment, r.color_jitter, r.train_interpolation, r.scale, r.hflip) == (
+        "rand-m9-mstd0.5-inc1", 0.4, "bicubic", (0.08, 1.0), 0.5)
+    assert (r.reprob, r.remode, r.recount, r.repeated_aug) == (0.25, "pixel", 1, 3)
+    assert (r.mixup, r.cutmix, r.mixup_prob, r.mixup_switch_prob, r.mixup_mode, r.smoothing) == (
+        0.8, 1.0, 1.0, 0.5, "batch", 0.1)
+    assert (r.teacher, r.distill_alpha, r.distill_tau) == ("regnety_160", 0.5, 1.0)
+    assert int(224 / r.eval_crop_pct) == 256 and r.eval_interpolation == "bicubic"
+    assert s.seed == 0
+
+
+def test_starnet_recipe_in_the_full_profile():
+    s = full("starnet")
+    r = s.recipe
+    assert (s.img_size, s.batch_size, r.epochs, r.sched_epochs) == (224, 2048, 310, 300)  # 10 cooldown epochs
+    assert s.lr == pytest.approx(3e-3)                        # not scaled
+    assert full("starnet", distillation=True).batch_size == 1024
+    assert full("starnet", distillation=True).lr == pytest.approx(3e-3)
+    assert (r.opt, r.weight_decay, r.opt_eps) == ("adamw", 0.025, 1e-8)
+    assert (r.warmup_epochs, r.warmup_lr, r.min_lr, r.lr_epoch_lag) == (5, 1e-5, 1e-6, 0)
+    assert r.clip_grad is None and r.ema_decay is None
+    assert (r.auto_augment, r.color_jitter, r.train_interpolation, r.scale, r.hflip) == (
+        "rand-m1-mstd0.5-inc1", 0.0, "random", (0.08, 1.0), 0.5)
+    assert (r.reprob, r.remode, r.recount, r.repeated_aug) == (0.25, "pixel", 1, 0)
+    assert (r.mixup, r.cutmix, r.mixup_prob, r.mixup_switch_prob, r.mixup_mode, r.smoothing) == (
+        0.8, 0.2, 1.0, 0.5, "batch", 0.1)
+    assert (r.teacher, r.distill_alpha, r.distill_tau) == ("regnety_160", 0.5, 1.0)
+    assert int(224 / r.eval_crop_pct) == 248
+    assert s.seed == 42
+
+
+def test_ablation_epochs_override_keeps_the_schedule_whole():
+    s = RunConfig(model="convnext_femto", profile="full", epochs=120).resolve()
+    assert (s.recipe.epochs, s.recipe.sched_epochs) == (120, 120)
+    s = RunConfig(model="repnext_m0", recipe="starnet", profile="full", epochs=100).resolve()
+    assert (s.recipe.epochs, s.recipe.sched_epochs) == (100, 90)
+
+
+def test_smoke_profile_scales_the_same_recipe():
+    s = RunConfig(model="repnext_m0").resolve()
+    assert (s.img_size, s.batch_size, s.recipe.epochs, s.data) == (32, 32, SMOKE.epochs, "digits")
+    assert s.recipe.mixup == get_recipe("repvit").mixup  # augmentation as in the paper
+    starnet = RunConfig(model="repnext_m0", recipe="starnet").resolve().recipe
+    assert starnet.epochs - starnet.sched_epochs == 1  # the cooldown survives, scaled
+
+
+def test_run_id_is_stable_and_ignores_locations():
+    a = RunConfig(model="repnext_m0", data_root="/a", workers=2)
+    b = RunConfig(model="repnext_m0", data_root="/b", workers=8)
+    assert a.run_id == b.run_id
+    assert a.run_id != RunConfig(model="repnext_m0", distillation=True).run_id
+
+
+def test_bad_names_are_named():
+    with pytest.raises(ValueError, match="unknown recipe 'deit'"):
+        get_recipe("deit")
+    with pytest.raises(ValueError, match="unknown profile 'huge'"):
+        get_profile("huge")
+    with pytest.raises(ValueError, match="even"):
+        RunConfig(model="repnext_m0", batch_size=7).resolve()
+    with pytest.raises(ValueError, match="unknown recipe field"):
+        RECIPES["repvit"].replace(learning_rate=1)
+
+
+def test_recipe_table_lists_every_field():
+    table = recipe_table()
+    assert "| base_lr | 0.001 | 0.003 |" in table
+    assert "| cutmix | 1.0 | 0.2 |" in table

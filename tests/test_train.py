@@ -1,0 +1,234 @@
+"""The engine: losses, resume after SIGKILL and SIGTERM, divergence, bad input, DDP on the CPU."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from repnext.config import RunConfig
+from repnext.results import load_checkpoint
+from repnext.train import DistillationLoss, Interrupted, TrainingError, train
+
+TINY = dict(embed_dim=(8, 16, 32, 64), depth=(1, 1, 1, 1))
+# 64 synthetic images, batch 8: 8 steps an epoch, a few seconds a run
+SMALL = RunConfig(model="repnext_m0", data="synthetic", epochs=3, batch_size=8, img_size=32)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "repnext.train", *args, "--no-progress"]
+
+
+SMALL_ARGS = ("--model", "repnext_m0", "--data", "synthetic", "--epochs", "3", "--batch-size", "8",
+              "--img-size", "32")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted")
+    record = train(SMALL, out, progress=False)
+    return out, record
+
+
+def same_run(a: Path, record_a: dict, b: Path) -> None:
+    assert (b / "log.txt").read_text() == (a / "log.txt").read_text()
+    record_b = json.loads((b / "record.json").read_text())
+    for key in ("best", "final", "fused", "params", "fused_params", "run_id"):
+        assert record_b[key] == record_a[key], key
+
+
+class FixedTeacher(nn.Module):
+    def __init__(self, decisions: torch.Tensor, num_classes: int):
+        super().__init__()
+        self.logits = F.one_hot(decisions, num_classes).float() * 10
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits[: x.shape[0]]
+
+
+def test_distillation_trains_both_heads_on_targets_and_teacher():
+    torch.manual_seed(0)
+    student = timm.create_model("repnext_m0", num_classes=5, distillation=True, **TINY).train()
+    teacher = timm.create_model("repnext_m0", num_classes=5, **TINY).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    out = student(x)
+    assert isinstance(out, tuple) and len(out) == 2
+    loss = DistillationLoss(nn.CrossEntropyLoss(), teacher, alpha=0.5)(x, out, y)
+    expected = 0.5 * F.cross_entropy(out[0], y) + 0.5 * F.cross_entropy(out[1], teacher(x).argmax(1))
+    torch.testing.assert_close(loss, expected)
+    # the distillation head is pulled toward whatever the teacher decides
+    for decided in (torch.tensor([4, 4, 4, 4]), torch.tensor([0, 0, 1, 1])):
+        fixed = FixedTeacher(decided, 5)
+        got = DistillationLoss(nn.CrossEntropyLoss(), fixed, alpha=0.5)(x, out, y)
+        torch.testing.assert_close(got, 0.5 * F.cross_entropy(out[0], y) + 0.5 * F.cross_entropy(out[1], decided))
+    loss.backward()
+    assert student.head.head_dist.linear.weight.grad.abs().sum() > 0
+
+
+def test_without_distillation_the_averaged_head_trains():
+    student = timm.create_model("repnext_m0", num_classes=5, **TINY).train()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    out = student(x)
+    assert isinstance(out, torch.Tensor)
+    feats = student.forward_head(student.forward_features(x), pre_logits=True)
+    torch.testing.assert_close(out, (student.head.head(feats) + student.head.head_dist(feats)) / 2)
+    DistillationLoss(nn.CrossEntropyLoss())(x, out, y).backward()
+    assert student.head.head.linear.weight.grad.abs().sum() > 0
+    assert student.head.head_dist.linear.weight.grad.abs().sum() > 0
+    with pytest.raises(TrainingError, match="no teacher"):
+        DistillationLoss(nn.CrossEntropyLoss())(x, (out, out), y)
+
+
+def test_run_writes_the_store(uninterrupted):
+    out, record = uninterrupted
+    lines = [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [0, 1, 2]
+    assert list(lines[0]) == ["train_lr", "train_loss", "test_loss", "test_acc1", "test_acc5", "epoch",
+                              "n_parameters"]
+    assert lines[0]["train_lr"] == lines[1]["train_lr"] == pytest.approx(1e-6)  # main.py steps the lr late
+    assert record["status"] == "complete"
+    assert record["fused"]["acc1"] == record["final"]["acc1"]  # the inference form scores the same
+    assert abs(record["fused"]["loss"] - record["final"]["loss"]) < 1e-4
+    assert record["best"]["acc1"] == max(line["test_acc1"] for line in lines)
+    assert record["params"] == lines[0]["n_parameters"] > record["fused_params"]
+    assert record["environment"]["torch"] == torch.__version__
+    ckpt = load_checkpoint(out / "checkpoint.pth")
+    assert (ckpt["epoch"], ckpt["step"]) == (3, 0)
+    config = json.loads((out / "config.json").read_text())
+    assert config["run_id"] == SMALL.run_id and config["resolved"]["batch_size"] == 8
+
+
+def test_a_finished_run_is_not_redone(uninterrupted):
+    out, record = uninterrupted
+    before = (out / "checkpoint.pth").stat().st_mtime_ns
+    assert train(SMALL, out, progress=False) == record
+    assert (out / "checkpoint.pth").stat().st_mtime_ns == before
+
+
+def test_should_stop_checkpoints_mid_epoch_and_resumes_exactly(uninterrupted, tmp_path):
+    calls = iter(range(100))
+    with pytest.raises(Interrupted, match="epoch 1, step 3"):
+        train(SMALL, tmp_path, progress=False, should_stop=lambda: next(calls) == 10)  # 8 + 3 steps
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pth")
+    assert (ckpt["epoch"], ckpt["step"]) == (1, 3)
+    assert not (tmp_path / "record.json").exists()
+    train(SMALL, tmp_path, progress=False)
+    same_run(*uninterrupted, tmp_path)
+
+
+def _wait_for_epoch(out: Path, proc: subprocess.Popen, epochs: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = out / "log.txt"
+        if log.is_file() and len(log.read_text().splitlines()) >= epochs:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("the run did not reach the epoch in time")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGUSR2])
+def test_killed_run_resumes_to_the_same_result(uninterrupted, tmp_path, sig):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(cli(*SMALL_ARGS, "--output", str(out)), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    _wait_for_epoch(out, proc, 1)
+    time.sleep(0.6)  # into the second epoch
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:  # checkpoint and exit, the code saying which signal
+        assert proc.returncode == 128 + sig, err
+        assert f"interrupted by {sig.name}" in err
+        ckpt = load_checkpoint(out / "checkpoint.pth")
+        assert ckpt["epoch"] == 1 and ckpt["step"] > 0, "the checkpoint was not taken mid-epoch"
+    assert not (out / "record.json").exists()
+    done = subprocess.run(cli(*SMALL_ARGS, "--output", str(out)), env=ENV, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    same_run(*uninterrupted, out)
+
+
+def test_diverging_loss_stops_with_a_failed_record(tmp_path):
+    config = RunConfig(model="repnext_m0", recipe="starnet", data="synthetic", epochs=3, batch_size=8, img_size=32,
+                       lr=1e30)
+    with pytest.raises(TrainingError, match=r"loss is (nan|inf).*diverged"):
+        train(config, tmp_path, progress=False)
+    record = json.loads((tmp_path / "record.json").read_text())
+    assert record["status"] == "failed" and "diverged" in record["error"]
+
+
+def test_bad_input_is_one_line_and_touches_nothing(tmp_path):
+    missing = subprocess.run(cli("--model", "repnext_m0", "--profile", "full", "--data", "imagenet",
+                                 "--data-root", str(tmp_path / "nope"), "--output", str(tmp_path / "a")),
+                             env=ENV, capture_output=True, text=True)
+    assert missing.returncode == 1
+    assert missing.stderr.strip().count("\n") == 0
+    assert "has no train/ folder" in missing.stderr and "ImageFolder" in missing.stderr
+
+    no_root = subprocess.run(cli("--model", "repnext_m0", "--data", "cifar100", "--output", str(tmp_path / "b")),
+                             env=ENV, capture_output=True, text=True)
+    assert no_root.returncode == 1 and "needs --data-root" in no_root.stderr
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    bad_out = subprocess.run(cli(*SMALL_ARGS, "--output", str(blocker / "run")), env=ENV, capture_output=True,
+                             text=True)
+    assert bad_out.returncode == 1 and "cannot create output folder" in bad_out.stderr
+
+    other = tmp_path / "other"
+    train(RunConfig(model="repnext_m0", data="synthetic", epochs=1, batch_size=8, img_size=32), other,
+          progress=False)
+    before = {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()}
+    clash = subprocess.run(cli(*SMALL_ARGS, "--output", str(other)), env=ENV, capture_output=True, text=True)
+    assert clash.returncode == 1 and "holds another run" in clash.stderr
+    assert {p.name: p.read_bytes() for p in other.iterdir() if p.is_file()} == before
+
+    corrupt = tmp_path / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "checkpoint.pth").write_bytes(b"garbage")
+    bad_ckpt = subprocess.run(cli(*SMALL_ARGS, "--output", str(corrupt)), env=ENV, capture_output=True, text=True)
+    assert bad_ckpt.returncode == 1 and "cannot resume from" in bad_ckpt.stderr
+    assert (corrupt / "checkpoint.pth").read_bytes() == b"garbage"
+
+    teacher = subprocess.run(cli("--model", "repnext_m0", "--profile", "full", "--distillation", "--data",
+                                 "synthetic", "--output", str(tmp_path / "c")), env=ENV, capture_output=True,
+                             text=True)
+    assert teacher.returncode == 1 and "--teacher-checkpoint" in teacher.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(tmp_path):
+    out, dump = tmp_path / "run", tmp_path / "dump"
+    dump.mkdir()
+    worker = Path(__file__).parent / "ddp_worker.py"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29533", str(worker), str(out), str(dump)],
+                          env=ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    p0, p1 = (torch.load(dump / f"params_rank{r}.pth", weights_only=True) for r in (0, 1))
+    assert p0.keys() == p1.keys()
+    assert all(torch.equal(p0[k], p1[k]) for k in p0)
+    w0, w1 = (json.loads((dump / f"writes_rank{r}.json").read_text()) for r in (0, 1))
+    assert w1 == []
+    assert {"log.txt", "checkpoint.pth", "record.json", "config.json"} <= set(w0)
+    record = json.loads((out / "record.json").read_text())
+    assert record["environment"]["world_size"] == 2
+    assert len((out / "log.txt").read_text().splitlines()) == 2
+
+
+@pytest.mark.slow
+def test_distilled_smoke_run_trains_its_own_teacher(tmp_path):
+    config = RunConfig(model="repnext_m0", data="synthetic", epochs=1, batch_size=8, img_size=32, distillation=True)
+    record = train(config, tmp_path, progress=False)
+    assert record["distillation"] and record["status"] == "complete"
+    teacher = json.loads((tmp_path / "teacher" / "record.json").read_text())
+    assert teacher["model"] == "resnet10t" and teacher["status"] == "complete"
