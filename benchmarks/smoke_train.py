@@ -2,6 +2,8 @@
 scikit-learn's digits), with its accuracy.
 
     python benchmarks/smoke_train.py [--model repnext_m0] [--recipe repvit] [--output DIR]
+    python benchmarks/smoke_train.py --model repnext_m1 --data synthetic --img-size 224 --epochs 1 \
+        --batch-size 128 --device cuda      # a GPU: bf16 autocast and channels_last come from the profile
 
 Without --output the run goes to a fresh temporary folder (so it really trains); with one, a finished run
 is reported as stored.
@@ -21,9 +23,14 @@ def main() -> None:
     parser.add_argument("--model", default="repnext_m0")
     parser.add_argument("--recipe", default="repvit")
     parser.add_argument("--data", default="digits")
+    parser.add_argument("--img-size", type=int)
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--device", default="auto")
     parser.add_argument("--output")
     args = parser.parse_args()
-    config = RunConfig(model=args.model, recipe=args.recipe, profile="smoke", data=args.data)
+    config = RunConfig(model=args.model, recipe=args.recipe, profile="smoke", data=args.data, img_size=args.img_size,
+                       epochs=args.epochs, batch_size=args.batch_size, device=args.device)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         record = train(config, args.output or tmp)

@@ -31,6 +31,7 @@ class Recipe:
     clip_grad: float | None
     clip_mode: str
     ema_decay: float | None          # None: no EMA. The EMA is kept in checkpoints, never evaluated
+    dist_bn: str                     # BN statistics before eval under DDP: rank 0's ("broadcast") or "reduce"d
     # augmentation
     train_interpolation: str
     scale: tuple[float, float]
@@ -74,6 +75,7 @@ REPVIT = Recipe(
     epochs=300, sched_epochs=300, batch_size=2048, distill_batch_size=1024,
     base_lr=1e-3, lr_ref_batch=512, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5, lr_epoch_lag=1,
     opt="adamw", weight_decay=0.025, opt_eps=1e-8, clip_grad=0.02, clip_mode="agc", ema_decay=0.99996,
+    dist_bn="broadcast",
     train_interpolation="bicubic", scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m9-mstd0.5-inc1",
     color_jitter=0.4, reprob=0.25, remode="pixel", recount=1, repeated_aug=3,
     mixup=0.8, cutmix=1.0, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1,
@@ -86,6 +88,7 @@ STARNET = Recipe(
     epochs=310, sched_epochs=300, batch_size=2048, distill_batch_size=1024,
     base_lr=3e-3, lr_ref_batch=None, warmup_epochs=5, warmup_lr=1e-5, min_lr=1e-6, lr_epoch_lag=0,
     opt="adamw", weight_decay=0.025, opt_eps=1e-8, clip_grad=None, clip_mode="norm", ema_decay=None,
+    dist_bn="reduce",
     train_interpolation="random", scale=(0.08, 1.0), hflip=0.5, auto_augment="rand-m1-mstd0.5-inc1",
     color_jitter=0.0, reprob=0.25, remode="pixel", recount=1, repeated_aug=0,
     mixup=0.8, cutmix=0.2, mixup_prob=1.0, mixup_switch_prob=0.5, mixup_mode="batch", smoothing=0.1,

@@ -34,7 +34,7 @@ from timm.data.distributed_sampler import RepeatAugSampler
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
-from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad
+from timm.utils import ModelEmaV3, accuracy, dispatch_clip_grad, distribute_bn
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
@@ -45,6 +45,7 @@ from .checkpoint import CheckpointError
 from .complexity import count_macs, count_params, inference_form
 from .config import RunConfig, Settings
 from .data import DatasetError, DataSplits, Transformed, build_dataset, sample_seed, seed_everything
+from .recipes import Recipe
 from .results import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
 
 INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)  # what SLURM sends before time-out or preemption
@@ -254,6 +255,18 @@ def environment(device: torch.device, env: Dist) -> dict:
     }
 
 
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> CosineLRScheduler:
+    return CosineLRScheduler(optimizer, t_initial=recipe.sched_epochs, lr_min=recipe.min_lr,
+                             warmup_t=recipe.warmup_epochs, warmup_lr_init=recipe.warmup_lr, t_in_epochs=True)
+
+
+def set_epoch_lr(scheduler: CosineLRScheduler, recipe: Recipe, epoch: int) -> float:
+    """Set and return the lr of ``epoch``. main.py steps its scheduler after each epoch with the index of the
+    epoch just run, so its epoch e trains at the schedule's value for e - 1 (``lr_epoch_lag``)."""
+    scheduler.step(max(epoch - recipe.lr_epoch_lag, 0))
+    return scheduler.optimizer.param_groups[0]["lr"]
+
+
 # --- the loop --------------------------------------------------------------------------------------------
 
 def _autocast(device: torch.device, amp: str):
@@ -331,8 +344,7 @@ def train(
 
     optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=settings.lr, weight_decay=recipe.weight_decay,
                                     eps=recipe.opt_eps)
-    scheduler = CosineLRScheduler(optimizer, t_initial=recipe.sched_epochs, lr_min=recipe.min_lr,
-                                  warmup_t=recipe.warmup_epochs, warmup_lr_init=recipe.warmup_lr, t_in_epochs=True)
+    scheduler = build_scheduler(optimizer, recipe)
     ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
     scaler = torch.amp.GradScaler("cuda") if amp == "float16" else None
     mixup = None
@@ -378,9 +390,7 @@ def train(
 
     last_save = time.monotonic()
     for epoch in range(state["epoch"], recipe.epochs):
-        lr_epoch = max(epoch - recipe.lr_epoch_lag, 0)
-        scheduler.step(lr_epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = set_epoch_lr(scheduler, recipe, epoch)
         start_step = state["step"] if epoch == state["epoch"] else 0
         loss_sum, steps, samples = state["partial"] if start_step else (0.0, 0, 0)
         if hasattr(train_loader.sampler.base, "set_epoch"):
@@ -425,6 +435,8 @@ def train(
             loss_sum, steps, samples = loss_sum + loss.item(), steps + 1, samples + x.shape[0]
             bar.set_postfix(loss=f"{loss_sum / steps:.3f}", lr=f"{lr:.2e}")
             stop = should_stop is not None and should_stop()
+            if env.world > 1:  # every rank stops at the same step, or the others hang in the next all-reduce
+                stop = all_sum([float(stop)], env)[0] > 0
             if stop or time.monotonic() - last_save > checkpoint_interval:
                 state["train_time"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
@@ -436,6 +448,8 @@ def train(
         state["train_time"] += time.perf_counter() - t0
         loss_sum, steps, samples = all_sum([loss_sum, steps, samples], env)
         state["train_samples"] += int(samples)
+        if env.world > 1:  # every rank evaluates (and ends) with the same BatchNorm statistics
+            distribute_bn(model, env.world, reduce=recipe.dist_bn == "reduce")
         metrics = evaluate(model, val_loader, device, env, amp, channels_last)
         entry = {"train_lr": lr, "train_loss": loss_sum / max(steps, 1), "test_loss": metrics["loss"],
                  "test_acc1": metrics["acc1"], "test_acc5": metrics["acc5"], "epoch": epoch,

@@ -28,7 +28,7 @@ original_evaluate = engine.evaluate
 
 
 def evaluate_and_capture(model, *args, **kwargs):
-    captured["model"] = model
+    captured.setdefault("model", model)  # the training-form model (the last call gets the fused one)
     return original_evaluate(model, *args, **kwargs)
 
 

@@ -21,7 +21,7 @@ def test_repvit_recipe_in_the_full_profile():
     assert (r.opt, r.weight_decay, r.opt_eps) == ("adamw", 0.025, 1e-8)
     assert (r.warmup_epochs, r.warmup_lr, r.min_lr, r.lr_epoch_lag) == (5, 1e-6, 1e-5, 1)
     assert (r.clip_grad, r.clip_mode) == (0.02, "agc")
-    assert r.ema_decay == 0.99996
+    assert r.ema_decay == 0.99996 and r.dist_bn == "broadcast"
     assert (r.auto_augment, r.color_jitter, r.train_interpolation, r.scale, r.hflip) == (
         "rand-m9-mstd0.5-inc1", 0.4, "bicubic", (0.08, 1.0), 0.5)
     assert (r.reprob, r.remode, r.recount, r.repeated_aug) == (0.25, "pixel", 1, 3)
@@ -41,7 +41,7 @@ def test_starnet_recipe_in_the_full_profile():
     assert full("starnet", distillation=True).lr == pytest.approx(3e-3)
     assert (r.opt, r.weight_decay, r.opt_eps) == ("adamw", 0.025, 1e-8)
     assert (r.warmup_epochs, r.warmup_lr, r.min_lr, r.lr_epoch_lag) == (5, 1e-5, 1e-6, 0)
-    assert r.clip_grad is None and r.ema_decay is None
+    assert r.clip_grad is None and r.ema_decay is None and r.dist_bn == "reduce"
     assert (r.auto_augment, r.color_jitter, r.train_interpolation, r.scale, r.hflip) == (
         "rand-m1-mstd0.5-inc1", 0.0, "random", (0.08, 1.0), 0.5)
     assert (r.reprob, r.remode, r.recount, r.repeated_aug) == (0.25, "pixel", 1, 0)
