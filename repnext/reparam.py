@@ -132,21 +132,29 @@ def path_kernel(path: Sequence[nn.Conv2d]) -> tuple[torch.Tensor, torch.Tensor]:
     return second.weight * first.weight, conv_bias(second)
 
 
-@torch.no_grad()
-def fuse_dw_paths(paths: Sequence[Sequence[nn.Conv2d]], size: int, stride: int) -> nn.Conv2d:
-    """Parallel depthwise paths that sum (RepDWConvS / RepDWConvM) as one ``size`` x ``size`` conv."""
+def dw_paths_kernel(paths: Sequence[Sequence[nn.Conv2d]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The one ``size`` x ``size`` kernel (and bias) that parallel depthwise paths sum to. Differentiable:
+    training computes it on every forward pass (online reparameterization)."""
     weight, bias = 0, 0
     for path in paths:
         w, b = path_kernel(path)
         weight = weight + pad_kernel(w, size)
         bias = bias + b
+    return weight, bias
+
+
+@torch.no_grad()
+def fuse_dw_paths(paths: Sequence[Sequence[nn.Conv2d]], size: int, stride: int) -> nn.Conv2d:
+    """Parallel depthwise paths that sum (RepDWConvS / RepDWConvM) as one ``size`` x ``size`` conv."""
+    weight, bias = dw_paths_kernel(paths, size)
     return make_conv(weight, bias, stride=stride, padding=size // 2, groups=paths[0][0].groups)
 
 
 def branch_kernel(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of a depthwise branch, fused or not."""
-    conv = module if isinstance(module, nn.Conv2d) else module.fuse()
-    return conv.weight, conv_bias(conv)
+    """Kernel and bias of a depthwise branch, fused (a Conv2d) or not (a module with ``kernel()``)."""
+    if isinstance(module, nn.Conv2d):
+        return effective_weight(module), conv_bias(module)
+    return module.kernel()
 
 
 # --- single-branch collapse ----------------------------------------------------------------------------

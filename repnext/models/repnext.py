@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -68,13 +69,25 @@ class ConvNorm(nn.Module):
 
 
 class RepDWConv(nn.Module):
-    """Depthwise paths that sum; a path is one conv or a 1xk -> kx1 pair. Subclasses define the paths."""
+    """Depthwise paths that sum; a path is one conv or a 1xk -> kx1 pair. Subclasses define the paths.
+
+    With ``online_reparam`` (the default) the forward pass computes the paths' single kernel from their
+    parameters and runs one conv: the same function and gradients, a fraction of the work. Without it,
+    every path runs on its own (the reference the tests compare against).
+    """
     kernel_size: int
+    online_reparam: bool = True
 
     def paths(self) -> list[tuple[nn.Conv2d, ...]]:
         raise NotImplementedError
 
+    def kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return reparam.dw_paths_kernel(self.paths(), self.kernel_size)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.online_reparam:
+            weight, bias = self.kernel()
+            return F.conv2d(x, weight, bias, self.stride, self.kernel_size // 2, 1, weight.shape[0])
         out = None
         for path in self.paths():
             y = x
@@ -375,6 +388,13 @@ class RepNeXt(nn.Module):
         device = next(self.parameters()).device
         self.head = Classifier(self.num_features, num_classes, distillation).to(device)
         self.head.train(self.training)
+
+    @torch.jit.ignore
+    def set_online_reparam(self, enable: bool = True) -> None:
+        """Compose every multi-branch mixer's kernel on the fly (default) or run branch by branch."""
+        for m in self.modules():
+            if isinstance(m, RepDWConv):
+                m.online_reparam = enable
 
     @torch.jit.ignore
     def set_distilled_training(self, enable: bool = True) -> None:

@@ -1,0 +1,210 @@
+"""Speed of RepNeXt's forms against timm references, measured interleaved in one run.
+
+    python -m repnext.bench                                   # repnext_m1 vs repvit_m1_0, every task
+    python -m repnext.bench --models repnext_m0 repnext_m1 ... --refs repvit_m0_9 repvit_m1_0 convnext_femto
+    python -m repnext.bench --all                             # the whole matrix of the paper's models
+
+Tasks: ``latency`` (batch 1, ms), ``throughput`` (batch 16 by default, img/s) and ``train`` (one step of
+forward + cross-entropy + backward + AdamW at the throughput batch, img/s). RepNeXt forms: ``train`` (the
+training form; its multi-branch mixers compose their kernels on the fly), ``branchwise`` (the training form
+run branch by branch: the reference), ``official``, ``full``, ``single_branch`` (inference forms, see
+``repnext.reparam``); timm references: ``train`` and ``fused`` (``reparameterize_model``). Each round runs
+every (model, form, task) once, in turn, so a drift in machine speed hits all alike; medians over rounds
+are reported with ratios, and the figures go to the results store (``<results>/bench/<stamp>/record.json``).
+On CUDA, ``--amp bfloat16`` and ``--channels-last`` apply, and time is synchronised.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+import repnext
+
+from .results import DEFAULT_RESULTS, write_json
+from .train import Dist, environment
+
+REPNEXT_FORMS = ("train", "branchwise", "official", "full", "single_branch")
+REFERENCE_FORMS = ("train", "fused")
+TASKS = ("latency", "throughput", "train")
+ALL_REPNEXT = tuple(f"repnext_m{i}" for i in range(6))
+ALL_REFS = ("repvit_m0_9", "repvit_m1_0", "repvit_m1_1", "repvit_m1_5", "convnext_femto")
+
+
+@dataclass
+class Case:
+    model: str
+    form: str
+    task: str
+    batch: int
+    seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def value(self) -> float:
+        """ms per image batch for latency, images/s otherwise."""
+        return 1e3 * self.median_s if self.task == "latency" else self.batch / self.median_s
+
+    @property
+    def unit(self) -> str:
+        return "ms" if self.task == "latency" else "img/s"
+
+
+def build_form(name: str, form: str, device: torch.device, channels_last: bool) -> nn.Module:
+    model = timm.create_model(name)
+    if form == "branchwise":
+        model.set_online_reparam(False)
+    elif form in ("official", "full", "single_branch"):
+        model = model.eval().fuse(form)
+    elif form == "fused":
+        model = timm.utils.reparameterize_model(model.eval())
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def forms_of(name: str) -> tuple[str, ...]:
+    if name.startswith("repnext"):
+        return REPNEXT_FORMS
+    model = timm.create_model(name)
+    has_reparam = any(hasattr(m, n) for m in model.modules() for n in ("fuse", "reparameterize"))
+    return REFERENCE_FORMS if has_reparam else ("train",)
+
+
+def make_step(model: nn.Module, task: str, x: torch.Tensor, amp: str) -> Callable[[], None]:
+    autocast = torch.autocast(x.device.type, dtype=getattr(torch, amp), enabled=amp != "none")
+    if task != "train":
+        model.eval()
+
+        def infer() -> None:
+            with torch.inference_mode(), autocast:
+                model(x)
+        return infer
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    target = torch.arange(x.shape[0], device=x.device) % 1000
+
+    def step() -> None:
+        with autocast:
+            loss = F.cross_entropy(model(x), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def timed(fn: Callable[[], None], device: torch.device, iters: int) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) / iters
+
+
+def run(models: list[str], tasks: list[str], forms: list[str] | None, batch: int, img_size: int, rounds: int,
+        device: torch.device, amp: str, channels_last: bool, iters: int, progress: bool = True) -> list[Case]:
+    runners: list[tuple[Case, Callable[[], None]]] = []
+    for name in models:
+        for form in forms_of(name):
+            if forms and form not in forms:
+                continue
+            for task in tasks:
+                if task != "train" and form in ("branchwise",):
+                    continue  # inference of the training form is the 'train' form's
+                if task == "train" and form not in ("train", "branchwise"):
+                    continue  # fused forms are for inference
+                b = 1 if task == "latency" else batch
+                x = torch.randn(b, 3, img_size, img_size, device=device)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                model = build_form(name, form, device, channels_last)
+                step = make_step(model, task, x, amp)
+                step()  # warm-up: allocator, oneDNN/cuDNN primitive caches
+                runners.append((Case(name, form, task, b), step))
+    for _ in tqdm(range(rounds), desc="rounds", unit="round", disable=not progress, file=sys.stderr):
+        for case, step in runners:
+            case.seconds.append(timed(step, device, iters if case.task != "train" else 1))
+    return [case for case, _ in runners]
+
+
+def render(cases: list[Case]) -> str:
+    """A table per task, fastest first, with ratios to the first reference model's fastest form."""
+    lines = []
+    for task in TASKS:
+        rows = [c for c in cases if c.task == task]
+        if not rows:
+            continue
+        better_high = task != "latency"
+        rows.sort(key=lambda c: -c.value if better_high else c.value)
+        refs = [c for c in rows if not c.model.startswith("repnext")]
+        ref = refs[0] if refs else rows[-1]
+        lines.append(f"\n{task} (batch {rows[0].batch}; ratio = speed vs {ref.model} {ref.form})")
+        lines.append(f"{'model':<16}{'form':<15}{'median':>10} {'unit':<6}{'min':>9}{'max':>9}{'ratio':>8}")
+        for c in rows:
+            vals = [1e3 * s if task == "latency" else c.batch / s for s in c.seconds]
+            ratio = c.value / ref.value if better_high else ref.value / c.value
+            lines.append(f"{c.model:<16}{c.form:<15}{c.value:>10.2f} {c.unit:<6}{min(vals):>9.2f}{max(vals):>9.2f}"
+                         f"{ratio:>7.2f}x")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m repnext.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["repnext_m1"])
+    parser.add_argument("--refs", nargs="+", default=["repvit_m1_0"])
+    parser.add_argument("--all", action="store_true", help=f"models {ALL_REPNEXT} and refs {ALL_REFS}")
+    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    parser.add_argument("--forms", nargs="+", help="only these forms (default: all of each model)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--img-size", type=int, default=224)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--iters", type=int, default=2, help="inference calls per timing")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--amp", default="none", choices=("none", "bfloat16", "float16"))
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
+    parser.add_argument("--no-save", action="store_true")
+    args = parser.parse_args(argv)
+    for name in args.models + args.refs:
+        if not timm.is_model(name):
+            parser.error(f"unknown model {name!r}; see timm.list_models() (repnext registers repnext_m0..m5e)")
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    models = list(ALL_REPNEXT + ALL_REFS) if args.all else args.models + args.refs
+    cases = run(models, args.tasks, args.forms, args.batch, args.img_size, args.rounds, device, args.amp,
+                args.channels_last, args.iters)
+    env = environment(device, Dist())
+    print(f"{device} ({env['gpu'] or env['cpu']}), torch {env['torch']}, timm {env['timm']}, repnext "
+          f"{repnext.__version__}, {args.threads} thread(s), {args.img_size}x{args.img_size}, amp {args.amp}, "
+          f"channels_last {args.channels_last}, {args.rounds} interleaved rounds")
+    print(render(cases), end="")
+    if not args.no_save:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        path = args.results / "bench" / f"{env['host']}-{device.type}-{stamp}" / "record.json"
+        settings = vars(args) | {"results": str(args.results)}
+        cases_out = [asdict(c) | {"value": c.value, "unit": c.unit} for c in cases]
+        write_json(path, {"status": "complete", "source": "bench", "settings": settings, "environment": env,
+                          "cases": cases_out})
+        print(f"saved {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
