@@ -11,11 +11,13 @@ run branch by branch: the reference), ``official``, ``full``, ``single_branch`` 
 ``repnext.reparam``); timm references: ``train`` and ``fused`` (``reparameterize_model``). Each round runs
 every (model, form, task) once, in turn, so a drift in machine speed hits all alike; medians over rounds
 are reported with ratios, and the figures go to the results store (``<results>/bench/<stamp>/record.json``).
-On CUDA, ``--amp bfloat16`` and ``--channels-last`` apply, and time is synchronised.
+Every case runs in NCHW and in channels_last (``--memory-format``); on CUDA ``--amp bfloat16`` applies, and
+time is synchronised.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -48,6 +50,7 @@ class Case:
     form: str
     task: str
     batch: int
+    channels_last: bool
     seconds: list[float] = field(default_factory=list)
 
     @property
@@ -60,6 +63,10 @@ class Case:
         return 1e3 * self.median_s if self.task == "latency" else self.batch / self.median_s
 
     @property
+    def label(self) -> str:
+        return f"{self.form}/{'cl' if self.channels_last else 'nchw'}"
+
+    @property
     def unit(self) -> str:
         return "ms" if self.task == "latency" else "img/s"
 
@@ -69,11 +76,11 @@ def build_form(name: str, form: str, device: torch.device, channels_last: bool) 
     if form == "branchwise":
         model.set_online_reparam(False)
     elif form in ("official", "full", "single_branch"):
-        model = model.eval().fuse(form)
+        model = model.eval().fuse(form, channels_last=channels_last)
     elif form == "fused":
         model = timm.utils.reparameterize_model(model.eval())
     model = model.to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 def forms_of(name: str) -> tuple[str, ...]:
@@ -85,7 +92,8 @@ def forms_of(name: str) -> tuple[str, ...]:
 
 
 def make_step(model: nn.Module, task: str, x: torch.Tensor, amp: str) -> Callable[[], None]:
-    autocast = torch.autocast(x.device.type, dtype=getattr(torch, amp), enabled=amp != "none")
+    autocast = (torch.autocast(x.device.type, dtype=getattr(torch, amp)) if amp != "none"
+                else contextlib.nullcontext())
     if task != "train":
         model.eval()
 
@@ -118,9 +126,9 @@ def timed(fn: Callable[[], None], device: torch.device, iters: int) -> float:
 
 
 def run(models: list[str], tasks: list[str], forms: list[str] | None, batch: int, img_size: int, rounds: int,
-        device: torch.device, amp: str, channels_last: bool, iters: int, progress: bool = True) -> list[Case]:
+        device: torch.device, amp: str, formats: list[bool], iters: int, progress: bool = True) -> list[Case]:
     runners: list[tuple[Case, Callable[[], None]]] = []
-    for name in models:
+    for name, channels_last in ((n, f) for n in models for f in formats):
         for form in forms_of(name):
             if forms and form not in forms:
                 continue
@@ -136,7 +144,7 @@ def run(models: list[str], tasks: list[str], forms: list[str] | None, batch: int
                 model = build_form(name, form, device, channels_last)
                 step = make_step(model, task, x, amp)
                 step()  # warm-up: allocator, oneDNN/cuDNN primitive caches
-                runners.append((Case(name, form, task, b), step))
+                runners.append((Case(name, form, task, b, channels_last), step))
     for _ in tqdm(range(rounds), desc="rounds", unit="round", disable=not progress, file=sys.stderr):
         for case, step in runners:
             case.seconds.append(timed(step, device, iters if case.task != "train" else 1))
@@ -154,12 +162,12 @@ def render(cases: list[Case]) -> str:
         rows.sort(key=lambda c: -c.value if better_high else c.value)
         refs = [c for c in rows if not c.model.startswith("repnext")]
         ref = refs[0] if refs else rows[-1]
-        lines.append(f"\n{task} (batch {rows[0].batch}; ratio = speed vs {ref.model} {ref.form})")
-        lines.append(f"{'model':<16}{'form':<15}{'median':>10} {'unit':<6}{'min':>9}{'max':>9}{'ratio':>8}")
+        lines.append(f"\n{task} (batch {rows[0].batch}; ratio = speed vs {ref.model} {ref.label})")
+        lines.append(f"{'model':<16}{'form':<20}{'median':>10} {'unit':<6}{'min':>9}{'max':>9}{'ratio':>8}")
         for c in rows:
             vals = [1e3 * s if task == "latency" else c.batch / s for s in c.seconds]
             ratio = c.value / ref.value if better_high else ref.value / c.value
-            lines.append(f"{c.model:<16}{c.form:<15}{c.value:>10.2f} {c.unit:<6}{min(vals):>9.2f}{max(vals):>9.2f}"
+            lines.append(f"{c.model:<16}{c.label:<20}{c.value:>10.2f} {c.unit:<6}{min(vals):>9.2f}{max(vals):>9.2f}"
                          f"{ratio:>7.2f}x")
     return "\n".join(lines) + "\n"
 
@@ -178,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", default="none", choices=("none", "bfloat16", "float16"))
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--memory-format", choices=("nchw", "channels_last", "both"), default="both")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
@@ -188,12 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     models = list(ALL_REPNEXT + ALL_REFS) if args.all else args.models + args.refs
-    cases = run(models, args.tasks, args.forms, args.batch, args.img_size, args.rounds, device, args.amp,
-                args.channels_last, args.iters)
+    formats = {"nchw": [False], "channels_last": [True], "both": [False, True]}[args.memory_format]
+    cases = run(models, args.tasks, args.forms, args.batch, args.img_size, args.rounds, device, args.amp, formats,
+                args.iters)
     env = environment(device, Dist())
     print(f"{device} ({env['gpu'] or env['cpu']}), torch {env['torch']}, timm {env['timm']}, repnext "
           f"{repnext.__version__}, {args.threads} thread(s), {args.img_size}x{args.img_size}, amp {args.amp}, "
-          f"channels_last {args.channels_last}, {args.rounds} interleaved rounds")
+          f"{args.rounds} interleaved rounds; train = online reparameterization, branchwise = the reference")
     print(render(cases), end="")
     if not args.no_save:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

@@ -22,7 +22,7 @@ class Profile:
     batch_size: int | None = None           # total batch; None: the recipe's
     workers: int = 8
     amp: str = "bfloat16"                   # autocast dtype on CUDA ("none" to disable); CPU runs in float32
-    channels_last: bool = True              # on CUDA
+    channels_last: bool = True              # on every device: oneDNN's depthwise kernels are 3-5x faster so
     teacher: str | None = None              # None: the recipe's teacher (its weights come from a user file)
     teacher_epochs: int = 0                 # >0: train the teacher here when no file is given
     recipe_overrides: dict = field(default_factory=dict)

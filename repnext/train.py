@@ -335,7 +335,7 @@ def train(
     seed_everything(sample_seed(settings.seed, env.rank))
     model = create_student(settings, splits.num_classes).to(device)
     profile, recipe = settings.profile, settings.recipe
-    channels_last = device.type == "cuda" and profile.channels_last
+    channels_last = profile.channels_last
     amp = profile.amp if device.type == "cuda" else "none"
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

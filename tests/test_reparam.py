@@ -143,3 +143,16 @@ def test_features_and_intermediates_survive_fusing(mode):
 def test_unknown_mode_is_named():
     with pytest.raises(ValueError, match=r"'fastest'.*official, full, single_branch"):
         timm.create_model("repnext_m0").fuse("fastest")
+
+
+def test_fuse_picks_the_memory_format_and_says_so():
+    model = randomize_bn(timm.create_model("repnext_m0")).eval()
+    fused = model.fuse()
+    assert fused.inference_form == {"mode": "full", "channels_last": True}
+    assert fused.stem.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    plain = model.fuse("official", channels_last=False)
+    assert plain.inference_form == {"mode": "official", "channels_last": False}
+    assert plain.stem.stem[0].weight.is_contiguous()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-5)
