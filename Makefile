@@ -31,8 +31,8 @@ paper_tables: env models  ## regenerate every table that the project can produce
 models: env
 	$(BIN)/python -m repnext.models --output paper_tables/models.md
 
-bench: env  ## speed figures (not tests): fused forms, smoke training
-	$(BIN)/python benchmarks/fused_forms.py
+bench: env  ## speed figures (not tests): forms vs timm references, smoke training
+	$(BIN)/python -m repnext.bench
 	$(BIN)/python benchmarks/smoke_train.py
 
 lint: env
