@@ -6,7 +6,6 @@ a few epochs, batch 32, a small teacher trained here); every code path runs, acc
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 from .recipes import Recipe
@@ -61,7 +60,3 @@ def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
     return PROFILES[name]
-
-
-def replace(profile: Profile, **changes) -> Profile:
-    return dataclasses.replace(profile, **changes)

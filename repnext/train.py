@@ -474,7 +474,8 @@ def train(
     fused_metrics = evaluate(fused, val_loader, device, env, amp, channels_last)
     record = {
         "status": "complete", "run_id": config.run_id, "model": config.model, "recipe": recipe.name,
-        "profile": profile.name, "data": settings.data, "distillation": config.distillation,
+        "profile": profile.name, "data": settings.data, "data_description": splits.description,
+        "distillation": config.distillation,
         "epochs": recipe.epochs, "img_size": settings.img_size, "batch_size": settings.batch_size,
         "lr": settings.lr, "num_classes": splits.num_classes,
         "best": state["best"], "final": {"acc1": final["acc1"], "acc5": final["acc5"], "loss": final["loss"]},
@@ -500,7 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m repnext.train", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="a timm model name, e.g. repnext_m0")
     p.add_argument("--recipe", default="repvit", choices=sorted(RECIPES))
-    p.add_argument("--profile", default="smoke", choices=sorted(PROFILES))
+    p.add_argument("--profile", default="smoke", choices=sorted(PROFILES),
+                   help="; ".join(f"{name}: {prof.description}" for name, prof in PROFILES.items()))
     p.add_argument("--data", choices=DATASETS, help="default: the profile's")
     p.add_argument("--data-root", help="folder of ImageNet (train/, val/) or CIFAR-100 (cifar-100-python/)")
     p.add_argument("--output", required=True, help="the run's folder in the results store")
