@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Stop the local SLURM cluster started by slurm/local-up.sh: cancel jobs, stop the daemons by their pid
+# files (TERM, then KILL after 10 s). --purge also removes DIR and the /etc/slurm/slurm.conf link.
+#
+#   slurm/local-down.sh [DIR] [--purge]
+set -uo pipefail
+
+purge=0
+args=()
+for a in "$@"; do [[ $a == --purge ]] && purge=1 || args+=("$a"); done
+DIR=$(realpath -m "${args[0]:-${REPNEXT_SLURM_DIR:-.slurm}}")
+[[ -d $DIR ]] || { echo "slurm-local: nothing at $DIR"; exit 0; }
+export SLURM_CONF=$DIR/slurm.conf
+
+alive() {
+    local pid
+    [[ -s $1 ]] || return 1
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [[ -r /proc/$pid/stat ]] && [[ $(awk '{print $3}' "/proc/$pid/stat") != Z ]]
+}
+
+[[ -f $SLURM_CONF ]] && scancel --user=root >/dev/null 2>&1
+for pidfile in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid" "$DIR/run/slurmdbd.pid" \
+               "$DIR/run/mysqld.pid" "$DIR/munge/munged.pid"; do
+    alive "$pidfile" || continue
+    kill -TERM "$(cat "$pidfile")" 2>/dev/null
+    for _ in $(seq 20); do alive "$pidfile" || break; sleep 0.5; done
+    alive "$pidfile" && kill -KILL "$(cat "$pidfile")" 2>/dev/null
+done
+if ((purge)); then
+    [[ $(readlink /etc/slurm/slurm.conf 2>/dev/null) == "$DIR/slurm.conf" ]] && rm -f /etc/slurm/slurm.conf
+    rm -rf "$DIR"
+fi
+echo "slurm-local: stopped${purge:+}$( ((purge)) && echo ", $DIR removed")"

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# A real single-node SLURM cluster on localhost, for tests and laptops (Debian/Ubuntu, root, no systemd
+# needed). Idempotent: installs what is missing, writes the configs under DIR, starts munge, MariaDB +
+# slurmdbd (accounting: without it submitit cannot see a job that died), slurmctld and slurmd, and waits
+# until the node is idle. Then: `source DIR/env.sh` (or rely on the /etc/slurm/slurm.conf link).
+#
+#   slurm/local-up.sh [DIR]          DIR defaults to $REPNEXT_SLURM_DIR or ./.slurm
+#   slurm/local-down.sh [DIR] [--purge]
+#
+# Settings (environment): SLURM_ACCOUNTING=1 (0: no MariaDB/slurmdbd; sacct then fails and a killed job
+# hangs submitit), SLURM_CRED_EXPIRE=10 (a requeued job waits cred_expire + 1 s; Slurm's default is 120).
+set -euo pipefail
+
+DIR=$(realpath -m "${1:-${REPNEXT_SLURM_DIR:-.slurm}}")
+ACCOUNTING=${SLURM_ACCOUNTING:-1}
+CRED_EXPIRE=${SLURM_CRED_EXPIRE:-10}
+HOST=$(hostname -s)
+say() { echo "slurm-local: $*"; }
+die() { echo "slurm-local: error: $*" >&2; exit 1; }
+
+[[ $(id -u) == 0 ]] || die "run as root (it installs packages and starts daemons)"
+command -v apt-get >/dev/null || die "needs apt-get (Debian/Ubuntu); on other systems install munge and slurm by hand"
+
+alive() {  # a pid file whose process runs (a reaped-late zombie counts as dead)
+    local pid
+    [[ -s $1 ]] || return 1
+    pid=$(cat "$1" 2>/dev/null) || return 1
+    [[ -r /proc/$pid/stat ]] && [[ $(awk '{print $3}' "/proc/$pid/stat") != Z ]]
+}
+
+packages=(munge slurm-client slurmctld slurmd)
+[[ $ACCOUNTING == 1 ]] && packages+=(slurmdbd mariadb-server)
+missing=()
+for p in "${packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+mkdir -p "$DIR"/{munge,state/ctld,state/d,run,log,db}
+chmod 0755 "$DIR" "$DIR/munge"  # munged refuses a socket directory others cannot traverse
+chown munge:munge "$DIR/munge"
+SOCKET=$DIR/munge/munge.socket.2
+
+# --- munge ---------------------------------------------------------------------------------------------
+if [[ ! -s $DIR/munge/munge.key ]]; then
+    mungekey --create --keyfile="$DIR/munge/munge.key" 2>/dev/null \
+        || dd if=/dev/urandom of="$DIR/munge/munge.key" bs=1 count=1024 status=none
+    chown munge:munge "$DIR/munge/munge.key"
+    chmod 0400 "$DIR/munge/munge.key"
+fi
+if ! alive "$DIR/munge/munged.pid"; then
+    runuser -u munge -- munged --key-file="$DIR/munge/munge.key" --socket="$SOCKET" \
+        --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" --seed-file="$DIR/munge/munge.seed"
+fi
+
+# --- configs -------------------------------------------------------------------------------------------
+read -r CPUS MEM < <(slurmd -C | awk '/NodeName/ {for (i = 1; i <= NF; i++) {split($i, kv, "=");
+    if (kv[1] == "CPUs") c = kv[2]; if (kv[1] == "RealMemory") m = kv[2]}} END {print c, int(m * 0.95)}')
+if [[ $ACCOUNTING == 1 ]]; then
+    ACCT="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=127.0.0.1
+AccountingStoragePort=6819
+AccountingStoragePass=$SOCKET"
+else
+    ACCT="AccountingStorageType=accounting_storage/none"
+fi
+cat >"$DIR/slurm.conf" <<EOF
+ClusterName=localcluster
+SlurmctldHost=$HOST(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$SOCKET,cred_expire=$CRED_EXPIRE
+StateSaveLocation=$DIR/state/ctld
+SlurmdSpoolDir=$DIR/state/d
+SlurmctldPidFile=$DIR/run/slurmctld.pid
+SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmctldLogFile=$DIR/log/slurmctld.log
+SlurmdLogFile=$DIR/log/slurmd.log
+MailProg=/bin/true
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+EnforcePartLimits=ALL
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=2,bf_interval=2
+MpiDefault=none
+ReturnToService=2
+$ACCT
+JobAcctGatherType=jobacct_gather/linux
+SlurmctldTimeout=30
+SlurmdTimeout=30
+MinJobAge=300
+KillWait=10
+NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
+PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+EOF
+cat >"$DIR/env.sh" <<EOF
+export SLURM_CONF=$DIR/slurm.conf
+EOF
+mkdir -p /etc/slurm
+ln -sfn "$DIR/slurm.conf" /etc/slurm/slurm.conf  # slurmdbd and some clients ignore SLURM_CONF
+export SLURM_CONF=$DIR/slurm.conf
+
+# --- accounting ----------------------------------------------------------------------------------------
+if [[ $ACCOUNTING == 1 ]]; then
+    cat >"$DIR/db/my.cnf" <<EOF
+[mysqld]
+datadir=$DIR/db/data
+socket=$DIR/db/mysqld.sock
+pid-file=$DIR/run/mysqld.pid
+log-error=$DIR/log/mysqld.log
+bind-address=127.0.0.1
+port=3307
+user=root
+innodb_buffer_pool_size=512M
+innodb_lock_wait_timeout=900
+EOF
+    if [[ ! -d $DIR/db/data/mysql ]]; then
+        mariadb-install-db --defaults-file="$DIR/db/my.cnf" --auth-root-authentication-method=normal >/dev/null
+    fi
+    if ! alive "$DIR/run/mysqld.pid"; then
+        mariadbd --defaults-file="$DIR/db/my.cnf" >/dev/null 2>&1 &
+        for _ in $(seq 60); do mariadb-admin --socket="$DIR/db/mysqld.sock" ping >/dev/null 2>&1 && break; sleep 0.5; done
+    fi
+    mariadb --socket="$DIR/db/mysqld.sock" -e "CREATE USER IF NOT EXISTS 'slurm'@'127.0.0.1' IDENTIFIED BY 'slurmdb';
+        GRANT ALL ON slurm_acct_db.* TO 'slurm'@'127.0.0.1'; FLUSH PRIVILEGES;"
+    cat >"$DIR/slurmdbd.conf" <<EOF
+AuthType=auth/munge
+AuthInfo=socket=$SOCKET
+DbdAddr=127.0.0.1
+DbdHost=localhost
+DbdPort=6819
+SlurmUser=root
+LogFile=$DIR/log/slurmdbd.log
+PidFile=$DIR/run/slurmdbd.pid
+StorageType=accounting_storage/mysql
+StorageHost=127.0.0.1
+StoragePort=3307
+StorageUser=slurm
+StoragePass=slurmdb
+StorageLoc=slurm_acct_db
+EOF
+    chmod 0600 "$DIR/slurmdbd.conf"  # slurmdbd refuses a readable config (it holds the DB password)
+    if ! alive "$DIR/run/slurmdbd.pid"; then
+        slurmdbd  # reads slurmdbd.conf beside $SLURM_CONF
+        for _ in $(seq 60); do (exec 3<>/dev/tcp/127.0.0.1/6819) 2>/dev/null && break; sleep 0.5; done
+    fi
+fi
+
+# --- controller and node -------------------------------------------------------------------------------
+alive "$DIR/run/slurmctld.pid" || slurmctld
+if [[ $ACCOUNTING == 1 ]] && ! sacctmgr -n list cluster format=cluster 2>/dev/null | grep -q localcluster; then
+    sacctmgr -i add cluster localcluster >/dev/null 2>&1 || true
+fi
+alive "$DIR/run/slurmd.pid" || slurmd
+for _ in $(seq 120); do
+    state=$(sinfo -h -n "$HOST" -o %T 2>/dev/null || true)
+    [[ $state == idle* ]] && { say "node $HOST idle ($CPUS CPUs, ${MEM} MB); source $DIR/env.sh"; exit 0; }
+    [[ $state == down* || $state == drain* ]] && scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+    sleep 0.5
+done
+die "node $HOST did not become idle (state: ${state:-unknown}); see $DIR/log/"
