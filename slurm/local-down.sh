@@ -31,4 +31,4 @@ if ((purge)); then
     [[ $(readlink /etc/slurm/slurm.conf 2>/dev/null) == "$DIR/slurm.conf" ]] && rm -f /etc/slurm/slurm.conf
     rm -rf "$DIR"
 fi
-echo "slurm-local: stopped${purge:+}$( ((purge)) && echo ", $DIR removed")"
+if ((purge)); then echo "slurm-local: stopped, $DIR removed"; else echo "slurm-local: stopped"; fi
