@@ -1,7 +1,7 @@
 """Profiles: how a recipe is scaled to a machine. Data, not branches in the training loop.
 
 ``full``: the paper's settings (224 px, the recipe's epochs and total batch, the RegNetY-16GF teacher from a
-user file, AMP and channels_last on CUDA). ``smoke``: the same recipe on a 2-core CPU in minutes (32 px,
+user file, AMP on CUDA, channels_last everywhere). ``smoke``: the same recipe on a 2-core CPU in minutes (32 px,
 a few epochs, batch 32, a small teacher trained here); every code path runs, accuracies are not the paper's.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ class Profile:
     batch_size: int | None = None           # total batch; None: the recipe's
     workers: int = 8
     amp: str = "bfloat16"                   # autocast dtype on CUDA ("none" to disable); CPU runs in float32
-    channels_last: bool = True              # on every device: oneDNN's depthwise kernels are 3-5x faster so
+    channels_last: bool = True              # on every device (oneDNN runs depthwise convs 3-5x faster in it)
     teacher: str | None = None              # None: the recipe's teacher (its weights come from a user file)
     teacher_epochs: int = 0                 # >0: train the teacher here when no file is given
     recipe_overrides: dict = field(default_factory=dict)
