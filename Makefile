@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= dev
+EXTRAS ?= dev,notebooks,cluster,export
 STAMP := $(VENV)/.installed-$(EXTRAS)
 PYTEST_ARGS ?=
 # one OpenMP thread per process: two spinning threads beside another busy process slow steps 20-60x

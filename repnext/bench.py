@@ -35,7 +35,7 @@ from tqdm import tqdm
 import repnext
 
 from .results import DEFAULT_RESULTS, write_json
-from .train import Dist, environment
+from .train import Dist, cpu_name, environment
 
 REPNEXT_FORMS = ("train", "branchwise", "official", "full", "single_branch")
 REFERENCE_FORMS = ("train", "fused")
@@ -149,6 +149,20 @@ def run(models: list[str], tasks: list[str], forms: list[str] | None, batch: int
         for case, step in runners:
             case.seconds.append(timed(step, device, iters if case.task != "train" else 1))
     return [case for case, _ in runners]
+
+
+def throughput(name: str, batch: int = 16, img_size: int = 224, rounds: int = 3, form: str | None = None,
+               channels_last: bool = True, device: str = "cpu") -> dict:
+    """Images/s of one model's inference form (RepNeXt: ``full``; others: timm's fused form) at ``batch``:
+    the throughput column of a table, measured on whatever runs the job and labelled with it."""
+    form = form or ("full" if name.startswith("repnext") else forms_of(name)[-1])
+    dev = torch.device(device)
+    case = run([name], ["throughput"], [form], batch, img_size, rounds, dev, "none", [channels_last], iters=1,
+               progress=False)[0]
+    label = "as built (nothing to fuse)" if form == "train" else form
+    return {"images_per_second": case.value, "form": label, "batch": batch, "img_size": img_size,
+            "channels_last": channels_last, "rounds": rounds, "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu_name()} (CPU)"}
 
 
 def render(cases: list[Case]) -> str:

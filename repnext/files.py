@@ -15,6 +15,7 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the group on a shared file system
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -44,6 +44,11 @@ class RunPaths:
     def notebook(self) -> Path:
         return self.root / "run.ipynb"
 
+    @property
+    def stop(self) -> Path:
+        """Touched by a job's controller to ask the running training for a checkpoint (preemption)."""
+        return self.root / "stop.request"
+
 
 def write_json(path: Path, obj: object) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
@@ -74,3 +79,11 @@ def save_checkpoint(path: Path, state: dict) -> Path:
 
 def load_checkpoint(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+if __name__ == "__main__":  # python -m repnext.results import PATH...: official logs -> records
+    import sys
+
+    from .logs import main
+
+    sys.exit(main())

@@ -59,6 +59,37 @@ class Interrupted(Exception):
     """The run checkpointed and stopped on request; starting it again resumes it."""
 
 
+class StopRequests:
+    """A ``should_stop`` for ``train``: true once SIGTERM/SIGUSR2 arrived (what SLURM sends before a time-out
+    or preemption) or ``stop_file`` was touched after entry (how a job controller that does not share our
+    process, e.g. the one running a notebook's kernel, asks for a checkpoint). A context manager: the signal
+    handlers are installed on entry and restored on exit."""
+
+    def __init__(self, stop_file: Path | None = None):
+        self.stop_file = stop_file
+        self.received: list[int] = []
+        self._since = 0.0
+        self._handlers: dict = {}
+
+    def __enter__(self) -> StopRequests:
+        self._since = time.time()
+        self._handlers = {sig: signal.signal(sig, lambda signum, frame: self.received.append(signum))
+                          for sig in INTERRUPT_SIGNALS}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._handlers.items():
+            signal.signal(sig, handler)
+
+    def __call__(self) -> bool:
+        if self.received:
+            return True
+        try:
+            return self.stop_file is not None and self.stop_file.stat().st_mtime >= self._since
+        except FileNotFoundError:
+            return False
+
+
 # --- distributed -----------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
@@ -237,6 +268,17 @@ def build_teacher(s: Settings, splits: DataSplits, output: Path, device: torch.d
     return teacher.to(device).eval().requires_grad_(False)
 
 
+def cpu_name() -> str:
+    """The CPU's model name (platform.processor() is empty on most Linux systems)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device, env: Dist) -> dict:
     def git_sha() -> str | None:
         try:
@@ -247,7 +289,7 @@ def environment(device: torch.device, env: Dist) -> dict:
 
     return {
         "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(), "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "world_size": env.world, "torch": torch.__version__, "timm": timm.__version__,
@@ -301,11 +343,13 @@ def train(
         progress: bool = True,
         should_stop: Callable[[], bool] | None = None,
         checkpoint_interval: float = 900.0,
+        extra: dict | None = None,
 ) -> dict:
     """Run (or resume, or return the finished record of) one training run; returns its record.
 
     ``should_stop`` is polled after every step: when it returns True the run checkpoints mid-epoch and
-    raises ``Interrupted`` (the CLI wires SIGTERM/SIGUSR2 to it).
+    raises ``Interrupted`` (``StopRequests`` wires SIGTERM/SIGUSR2 and a stop file to it).
+    ``extra`` is merged into the record (what a table measures beside the training, e.g. its complexity).
     """
     paths = RunPaths(Path(output).expanduser())
     settings = config.resolve()
@@ -485,6 +529,7 @@ def train(
         "train_images_per_second": state["train_samples"] / max(state["train_time"], 1e-9),
         "eval_images_per_second": final["n"] / max(eval_seconds, 1e-9),
         "train_time_s": state["train_time"], "source": "trained", "environment": environment(device, env),
+        **(extra or {}),
     }
     if env.main:
         write_json(paths.record, record)
@@ -523,19 +568,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     config = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    requested = []
-    handlers = {sig: signal.signal(sig, lambda signum, frame: requested.append(signum)) for sig in INTERRUPT_SIGNALS}
     try:
-        record = train(config, args.output, progress=not args.no_progress, should_stop=lambda: bool(requested))
+        with StopRequests() as should_stop:
+            record = train(config, args.output, progress=not args.no_progress, should_stop=should_stop)
     except Interrupted as e:
-        print(f"interrupted by {signal.Signals(requested[0]).name}: {e}", file=sys.stderr)
-        return 128 + requested[0]
+        signum = should_stop.received[0]
+        print(f"interrupted by {signal.Signals(signum).name}: {e}", file=sys.stderr)
+        return 128 + signum
     except (TrainingError, CheckpointError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
         if dist.is_initialized():
             dist.destroy_process_group()
     best, fused = record["best"], record["fused"]

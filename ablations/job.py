@@ -1,0 +1,57 @@
+"""The job: papermill executes the table's notebook for one run; checkpoint and requeue on preemption.
+
+The notebook's kernel is a child process, so on SLURM's USR2 (time-out or preemption) the job asks the
+training inside it for a checkpoint through the run's stop file (``RunPaths.stop``, polled after every
+step), waits for it, and lets submitit requeue the job; the next attempt resumes from that checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import submitit
+
+from repnext.results import RunPaths, read_json
+
+CHECKPOINT_WAIT_S = 60.0  # how long a preempted job waits for the training to write its checkpoint
+
+
+@dataclass(frozen=True)
+class NotebookTask:
+    run_id: str
+    notebook: str        # the table's notebook (absolute path)
+    folder: str          # the run's folder in the results store
+    parameters: dict     # papermill parameters: config, output and the table's own
+
+
+class NotebookJob(submitit.helpers.Checkpointable):
+    """Run one notebook execution; every task of a multi-task (DDP) job executes its own kernel."""
+
+    def __call__(self, task: NotebookTask) -> dict:
+        import papermill as pm
+
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:  # DDP: MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for the kernel to inherit
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+        paths = RunPaths(Path(task.folder))
+        paths.root.mkdir(parents=True, exist_ok=True)
+        rank = env.global_rank
+        output = paths.notebook if rank == 0 else paths.root / f"run.rank{rank}.ipynb"
+        pm.execute_notebook(task.notebook, str(output), parameters=task.parameters, progress_bar=False,
+                            log_output=True, cwd=str(paths.root))
+        record = read_json(paths.record) or {}
+        return {"run_id": task.run_id, "status": record.get("status", "missing"), "rank": rank}
+
+    def checkpoint(self, task: NotebookTask) -> submitit.helpers.DelayedSubmission:
+        paths = RunPaths(Path(task.folder))
+        before = paths.checkpoint.stat().st_mtime_ns if paths.checkpoint.exists() else 0
+        paths.stop.touch()
+        deadline = time.monotonic() + CHECKPOINT_WAIT_S
+        while time.monotonic() < deadline and not paths.record.exists():
+            if paths.checkpoint.exists() and paths.checkpoint.stat().st_mtime_ns != before:
+                break
+            time.sleep(0.5)
+        print(f"{task.run_id}: checkpoint requested (pid {os.getpid()}); requeueing", flush=True)
+        return super().checkpoint(task)

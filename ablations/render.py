@@ -1,0 +1,139 @@
+"""Results store -> pandas -> ``paper_tables/<table>.md`` and ``.tex``: paper | ours | delta per metric.
+
+Paper values come only from ``paper_tables/reference.csv`` (``repnext.reference``); reproduced values only
+from complete records of the results store. Nothing here depends on time, so re-rendering unchanged
+results gives identical files.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from repnext.files import atomic_write_text
+from repnext.profiles import get_profile
+from repnext.reference import PaperValue, paper_values
+from repnext.results import read_json
+
+from .spec import Run, TableSpec
+
+MISSING = "—"
+
+
+@dataclass(frozen=True)
+class Metric:
+    header: str
+    value: Callable[[dict], float]
+    decimals: int = 2  # where the paper printed no value to take the precision from
+    comparable: bool = True  # False: a delta to the paper's value means nothing (measured on other hardware)
+
+
+METRICS = {
+    "top1": Metric("Top-1 (%)", lambda r: r["best"]["acc1"]),
+    "top5": Metric("Top-5 (%)", lambda r: r["best"]["acc5"]),
+    "params_m": Metric("Params (M)", lambda r: r["paper_setting"]["fused_params"] / 1e6),
+    "gmacs": Metric("GMACs", lambda r: r["paper_setting"]["macs"] / 1e9),
+    "throughput_img_s": Metric("Throughput (img/s)", lambda r: r["throughput"]["images_per_second"], 0,
+                               comparable=False),
+}
+
+
+def complete_record(run: Run, results: Path) -> dict | None:
+    record = read_json(run.folder(results) / "record.json")
+    return record if record is not None and record.get("status") == "complete" else None
+
+
+def _paper(spec: TableSpec, run: Run, metric: str) -> PaperValue | None:
+    found = paper_values(spec.reference, run.config.model, metric)
+    return found[0] if len(found) == 1 else None
+
+
+def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame:
+    """One row per run; columns (metric header, paper|ours|Δ), all formatted at the paper's precision."""
+    rows, index = [], []
+    for run in runs:
+        record = complete_record(run, results)
+        row = {}
+        for name in spec.metrics:
+            metric, paper = METRICS[name], _paper(spec, run, name)
+            ours = metric.value(record) if record is not None else None
+            row[(metric.header, "paper")] = paper.text if paper else MISSING
+            if ours is None:
+                row[(metric.header, "ours")] = row[(metric.header, "Δ")] = MISSING
+            elif paper is not None:
+                row[(metric.header, "ours")] = paper.format(ours)
+                row[(metric.header, "Δ")] = f"{paper.delta(ours):+.{paper.decimals}f}" if metric.comparable else MISSING
+            else:
+                row[(metric.header, "ours")] = f"{ours:.{metric.decimals}f}"
+                row[(metric.header, "Δ")] = MISSING
+        row[("Run", "")] = _source(run, record)
+        rows.append(row)
+        index.append(spec.label(run))
+    frame = pd.DataFrame(rows, index=pd.Index(index, name="Model"))
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    return frame
+
+
+def _source(run: Run, record: dict | None) -> str:
+    if record is None:
+        return f"{run.run_id} (not run yet)"
+    if record.get("source") == "imported":
+        return f"{run.run_id} (imported from {Path(record['source_file']).name})"
+    return run.run_id
+
+
+def provenance(spec: TableSpec, runs: list[Run], results: Path, profile: str) -> list[str]:
+    """Lines saying where the reproduced numbers come from: profile, data, device, settings."""
+    prof = get_profile(profile)
+    records = [r for r in (complete_record(run, results) for run in runs) if r is not None]
+    lines = [f"Reproduced columns: profile `{profile}` ({prof.description}); "
+             f"{len(records)} of {len(runs)} runs complete."]
+    if records:
+        r = records[0]
+        lines.append(f"Accuracy: {r['data_description']}, {r['img_size']} px, {r['epochs']} epochs, "
+                     f"recipe `{r['recipe']}`" + ("; not comparable to the paper's ImageNet runs."
+                                                  if prof.substitute_data else "."))
+        setting = r.get("paper_setting")
+        if setting:
+            lines.append(f"Params and MACs: the `{setting['fuse_mode']}` inference form at {setting['img_size']} px "
+                         f"with {setting['num_classes']} classes, counted exactly (the paper's setting).")
+        speed = r.get("throughput")
+        if speed:
+            lines.append(f"Throughput: {speed['device']}, batch {speed['batch']}, {speed['form']} form, "
+                         f"{'channels_last' if speed['channels_last'] else 'NCHW'}, {speed['threads']} thread(s); "
+                         "the paper measured on a GPU, so no delta is given.")
+    return lines
+
+
+def to_markdown(spec: TableSpec, frame: pd.DataFrame, notes: list[str]) -> str:
+    flat = frame.copy()
+    flat.columns = [f"{metric} {part}".strip() for metric, part in frame.columns]
+    body = flat.reset_index().to_markdown(index=False, disable_numparse=True)
+    return f"# {spec.title}\n\n{body}\n\n" + "".join(f"- {line}\n" for line in notes)
+
+
+def to_latex(spec: TableSpec, frame: pd.DataFrame, notes: list[str]) -> str:
+    styler = frame.style.format(escape="latex").format_index(escape="latex", axis=0)
+    styler = styler.format_index(escape="latex", axis=1)
+    caption = tex_escape(f"{spec.title}. " + " ".join(notes))
+    latex = styler.to_latex(hrules=True, multicol_align="c", caption=caption, label=f"tab:{spec.name}",
+                            position="t")
+    return latex.replace("Δ", r"$\Delta$").replace(MISSING, "--")
+
+
+TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+               "{": r"\{", "}": r"\}", "`": ""}
+
+
+def tex_escape(text: str) -> str:
+    return re.sub(r"[\\&%$#_{}`]", lambda m: TEX_SPECIAL[m.group()], text)
+
+
+def render_table(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_dir: Path) -> list[Path]:
+    frame = table_frame(spec, runs, results)
+    notes = provenance(spec, runs, results, profile)
+    return [atomic_write_text(out_dir / f"{spec.name}.md", to_markdown(spec, frame, notes)),
+            atomic_write_text(out_dir / f"{spec.name}.tex", to_latex(spec, frame, notes))]

@@ -1,0 +1,154 @@
+"""Run a paper table: expand it into runs, submit the missing ones, wait, render the table.
+
+    python ablations/run.py --table downsample --cluster local --profile smoke
+    python ablations/run.py --table downsample --cluster slurm --profile full --data-root ~/imagenet --dry-run
+    python ablations/run.py --table all --cluster slurm --slurm-profile gpu --partition a100 --account vision
+
+Runs whose record is complete are not submitted again; a failed run is reported with its id, the last lines
+of its error and the path of its executed notebook, and the exit code is 1. ``--dry-run`` prints the runs
+and the executor parameters and submits nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ablations import PAPER_TABLES
+from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_profile, make_executor
+from ablations.render import render_table
+from ablations.runner import execute, failure_report, pending_runs
+from ablations.spec import SpecError, available_tables, load_spec
+from repnext.profiles import PROFILES, get_profile
+from repnext.results import DEFAULT_RESULTS
+
+DEFAULT_SLURM_PROFILE = {"smoke": "local", "full": "gpu"}
+
+
+class UsageError(ValueError):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ablations/run.py", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("--table", required=True, help=f"one of: {', '.join(available_tables())}, or all")
+    p.add_argument("--cluster", default="local", help=f"one of: {', '.join(CLUSTERS)} (default: local)")
+    p.add_argument("--profile", default="smoke",
+                   help="; ".join(f"{name}: {prof.description}" for name, prof in PROFILES.items()))
+    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="the results store (env REPNEXT_RESULTS)")
+    p.add_argument("--data-root", help="dataset folder for the full profile (ImageNet train/ val/, CIFAR-100)")
+    p.add_argument("--teacher-checkpoint", help="distillation teacher weights for the full profile")
+    p.add_argument("--tables-dir", type=Path, default=PAPER_TABLES, help="where the rendered tables go")
+    p.add_argument("--dry-run", action="store_true", help="print the runs and executor parameters; submit nothing")
+    p.add_argument("--only", help="only runs whose model name or run id matches this glob")
+    p.add_argument("--max-parallel", type=int, help="runs at once (default: local/debug 1 per CPU core, slurm all)")
+    slurm = p.add_argument_group("slurm", "override the cluster profile (slurm/clusters.toml)")
+    slurm.add_argument("--slurm-profile", help="default: local for the smoke profile, gpu for full")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--account")
+    slurm.add_argument("--qos")
+    slurm.add_argument("--timeout-min", type=int)
+    slurm.add_argument("--tasks-per-node", type=int, help="DDP processes per run (local cluster too)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def check_writable(results: Path) -> None:
+    try:
+        results.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=results, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"results directory {results} is not writable ({e.strerror}); "
+                         "pass --results DIR or set REPNEXT_RESULTS") from None
+
+
+def validate(args: argparse.Namespace) -> None:
+    if args.cluster not in CLUSTERS:
+        raise UsageError(f"unknown cluster {args.cluster!r}; expected one of: {', '.join(CLUSTERS)}")
+    get_profile(args.profile)
+    if args.data_root is not None and not Path(args.data_root).expanduser().is_dir():
+        raise UsageError(f"data root {args.data_root} does not exist or is not a directory")
+    if args.max_parallel is not None and args.max_parallel < 1:
+        raise UsageError(f"--max-parallel must be at least 1, got {args.max_parallel}")
+    if args.tasks_per_node is not None and args.tasks_per_node < 1:
+        raise UsageError(f"--tasks-per-node must be at least 1, got {args.tasks_per_node}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        validate(args)
+        names = available_tables() if args.table == "all" else [args.table]
+        specs = [load_spec(name) for name in names]
+        slurm = None
+        if args.cluster == "slurm":
+            slurm = get_slurm_profile(args.slurm_profile or DEFAULT_SLURM_PROFILE[args.profile]).replace(
+                partition=args.partition, account=args.account, qos=args.qos, timeout_min=args.timeout_min,
+                tasks_per_node=args.tasks_per_node)
+            if not args.dry_run:
+                check_slurm(slurm)
+        results = args.results.expanduser().resolve()
+        if not args.dry_run:
+            check_writable(results)
+            if not get_profile(args.profile).substitute_data and args.data_root is None:
+                raise UsageError(f"the {args.profile} profile trains on the paper's datasets: pass --data-root "
+                                 "(ImageNet with train/ and val/, or the folder holding cifar-100-python/)")
+    except (UsageError, SpecError, ClusterError, ValueError) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    location = {k: v for k, v in (("data_root", args.data_root), ("teacher_checkpoint", args.teacher_checkpoint))
+                if v is not None}
+    tasks_per_node = slurm.tasks_per_node if slurm else (args.tasks_per_node or 1)
+    max_parallel = args.max_parallel or (len(os.sched_getaffinity(0)) if args.cluster != "slurm" else 256)
+    if args.cluster == "debug":
+        max_parallel = 1  # runs in this process, one after another
+    status = 0
+    for spec in specs:
+        runs = [dataclasses.replace(run, config=dataclasses.replace(run.config, **location))
+                for run in spec.expand(args.profile, args.only)]
+        todo = pending_runs(runs, results)
+        print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to run "
+              f"({args.cluster}, profile {args.profile}) -> {results / spec.name}")
+        if args.dry_run:
+            dry_run(spec, runs, todo, results, args, slurm, max_parallel, tasks_per_node)
+            continue
+        if todo:
+            start = time.perf_counter()
+            outcomes = execute(spec, todo, results, args.cluster, max_parallel, slurm, tasks_per_node,
+                               progress=not args.no_progress)
+            failed = [o for o in outcomes if o.status == "failed"]
+            print(f"{spec.name}: {len(outcomes) - len(failed)} complete, {len(failed)} failed "
+                  f"in {time.perf_counter() - start:.0f} s")
+            if failed:
+                print(failure_report(outcomes), file=sys.stderr)
+                status = 1
+        for path in render_table(spec, runs, results, args.profile, args.tables_dir):
+            print(f"wrote {path}")
+    return status
+
+
+def dry_run(spec, runs, todo, results, args, slurm, max_parallel: int, tasks_per_node: int) -> None:
+    for run in runs:
+        s = run.config.resolve()
+        state = "todo" if run in todo else "complete"
+        print(f"  {state:<9}{run.run_id:<34}{spec.label(run):<32}recipe={s.recipe.name} data={s.data} "
+              f"epochs={s.recipe.epochs} batch={s.batch_size} lr={s.lr:.3g} img={s.img_size} "
+              f"distill={run.config.distillation}")
+    with tempfile.TemporaryDirectory() as folder:  # a dry run leaves nothing behind
+        executor = make_executor(args.cluster, Path(folder), slurm, max_parallel, tasks_per_node,
+                                 name=f"repnext-{spec.name}")
+        params = getattr(executor._executor, "parameters", {})  # what sbatch / the local runner is given
+    print(f"  executor {args.cluster}: max_parallel={max_parallel} " +
+          " ".join(f"{k}={v}" for k, v in sorted(params.items())))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+"""Submit a table's missing runs, follow them to the end, and say what happened to each.
+
+Runs whose record is complete are skipped, so re-running a table only retries what is missing or failed.
+SLURM gets one job array (``--max-parallel`` caps how many run at once); ``local`` and ``debug`` are fed
+job by job, never more than ``--max-parallel`` at a time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import submitit
+from tqdm import tqdm
+
+from repnext.results import read_json
+
+from .clusters import SlurmProfile, make_executor
+from .job import NotebookJob, NotebookTask
+from .render import complete_record
+from .spec import Run, TableSpec
+
+POLL_S = 2.0
+ERROR_LINES = 6
+
+
+@dataclass
+class Outcome:
+    run: Run
+    status: str                 # complete | failed
+    error: str = ""
+    notebook: Path | None = None
+    log: Path | None = None
+
+
+def pending_runs(runs: list[Run], results: Path) -> list[Run]:
+    return [run for run in runs if complete_record(run, results) is None]
+
+
+def notebook_task(spec: TableSpec, run: Run, results: Path) -> NotebookTask:
+    folder = run.folder(results)
+    parameters = {"config": dataclasses.asdict(run.config), "output": str(folder), **run.parameters}
+    return NotebookTask(run.run_id, str(spec.notebook_path), str(folder), parameters)
+
+
+def submission_folder(results: Path, table: str) -> Path:
+    """A fresh folder per invocation: submitit trusts any result file it finds, and job ids repeat."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return results / ".submitit" / f"{table}-{stamp}-{os.getpid()}"
+
+
+def _epochs_done(run: Run, results: Path) -> int:
+    log = run.folder(results) / "log.txt"
+    try:
+        return sum(1 for line in log.read_text().splitlines() if line.strip())
+    except FileNotFoundError:
+        return 0
+
+
+def _outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
+    folder = run.folder(results)
+    notebook = folder / "run.ipynb"
+    record = read_json(folder / "record.json")
+    if record is not None and record.get("status") == "complete":
+        return Outcome(run, "complete", notebook=notebook)
+    if record is not None and record.get("error"):
+        error = record["error"]
+    else:
+        exc = job.exception()
+        error = str(exc) if exc is not None else "the job ended without writing a record"
+    # submitit appends where its logs are (reported below): keep the error itself
+    lines = [line for line in error.split("You can check full logs")[0].splitlines() if line.strip(" -\n")]
+    tail = "\n".join(lines[-ERROR_LINES:])
+    log = getattr(job.paths, "stderr", None)
+    return Outcome(run, "failed", tail, notebook if notebook.exists() else None, log)
+
+
+def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_parallel: int,
+            slurm: SlurmProfile | None = None, tasks_per_node: int = 1, progress: bool = True) -> list[Outcome]:
+    """Submit ``runs`` and wait for all of them; the outcome of each, in the order of ``runs``."""
+    folder = submission_folder(results, spec.name)
+    executor = make_executor(cluster, folder, slurm, max_parallel, tasks_per_node, name=f"repnext-{spec.name}")
+    function = NotebookJob()
+    tasks = {run.run_id: notebook_task(spec, run, results) for run in runs}
+    queue = list(runs)
+    jobs: dict[str, tuple[Run, submitit.Job]] = {}
+    if cluster == "slurm":
+        with executor.batch():
+            submitted = [(run, executor.submit(function, tasks[run.run_id])) for run in queue]
+        jobs = {run.run_id: (run, job) for run, job in submitted}
+        queue = []
+    outcomes: dict[str, Outcome] = {}
+    total_epochs = sum(run.config.resolve().recipe.epochs for run in runs)
+    bar = tqdm(total=total_epochs, desc=f"{spec.name} ({cluster})", unit="epoch", disable=not progress)
+    while len(outcomes) < len(runs):
+        while queue and len(jobs) - len(outcomes) < max_parallel:
+            run = queue.pop(0)
+            jobs[run.run_id] = (run, executor.submit(function, tasks[run.run_id]))
+        running = 0
+        for run_id, (run, job) in jobs.items():
+            if run_id in outcomes:
+                continue
+            if job.done():
+                outcomes[run_id] = _outcome(run, job, results)
+                if outcomes[run_id].status == "failed":
+                    tqdm.write(f"FAILED {run_id}: {outcomes[run_id].error.splitlines()[-1]}")
+            elif job.state in ("RUNNING", "COMPLETING"):
+                running += 1
+        failed = sum(o.status == "failed" for o in outcomes.values())
+        bar.n = sum(_epochs_done(run, results) for run in runs)
+        bar.set_postfix_str(f"pending {len(runs) - len(outcomes) - running}, running {running}, "
+                            f"done {len(outcomes) - failed}, failed {failed}")
+        if len(outcomes) < len(runs):
+            time.sleep(POLL_S)
+    bar.close()
+    return [outcomes[run.run_id] for run in runs]
+
+
+def failure_report(outcomes: list[Outcome]) -> str:
+    lines = []
+    for o in outcomes:
+        if o.status != "failed":
+            continue
+        lines.append(f"run {o.run.run_id} ({o.run.config.model}) failed:")
+        lines.extend(f"    {line}" for line in o.error.splitlines())
+        if o.notebook:
+            lines.append(f"    executed notebook: {o.notebook}")
+        if o.log:
+            lines.append(f"    job log: {o.log}")
+    return "\n".join(lines)

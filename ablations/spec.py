@@ -1,0 +1,105 @@
+"""Table specs: a paper table as data (``ablations/specs/<table>.toml``) and its expansion into runs.
+
+A spec names the table's notebook, its rows in ``paper_tables/reference.csv``, the metrics it reports and a
+grid of ``RunConfig`` fields (models x recipes x epochs x ...) at the paper's scale. A profile scales each
+cell (``Profile.epochs_for``, ``Profile.dataset_for``); the run id is the hash of the scaled config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tomllib
+
+from repnext.config import RunConfig
+from repnext.profiles import get_profile
+from repnext.recipes import get_recipe
+
+from . import NOTEBOOKS, SPECS
+
+CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+
+
+class SpecError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of a table under one profile."""
+    table: str
+    config: RunConfig
+    paper: dict          # the cell as the paper ran it (model, recipe, data, epochs, distillation ...)
+    parameters: dict     # the notebook's parameters besides config and output
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+    def folder(self, results: Path) -> Path:
+        return results / self.table / self.run_id
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    notebook: str
+    reference: str
+    metrics: tuple[str, ...]
+    grid: dict
+    labels: dict = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+
+    @property
+    def notebook_path(self) -> Path:
+        return NOTEBOOKS / f"{self.notebook}.ipynb"
+
+    def expand(self, profile: str, only: str | None = None) -> list[Run]:
+        """The table's runs under ``profile``, in grid order; ``only``: a glob on model name or run id."""
+        prof = get_profile(profile)
+        keys = list(self.grid)
+        runs = []
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            paper = dict(zip(keys, values))
+            cell = dict(paper, profile=profile)
+            if "data" in cell:
+                cell["data"] = prof.dataset_for(cell["data"])
+            if "epochs" in cell:
+                cell["epochs"] = prof.epochs_for(cell["epochs"], get_recipe(cell.get("recipe", "repvit")).epochs)
+            config = RunConfig(**cell)
+            if only and not (fnmatch.fnmatch(config.model, only) or fnmatch.fnmatch(config.run_id, only)):
+                continue
+            runs.append(Run(self.name, config, paper, dict(self.parameters)))
+        return runs
+
+    def label(self, run: Run) -> str:
+        return self.labels.get(run.config.model, run.config.model)
+
+
+def available_tables() -> list[str]:
+    return sorted(p.stem for p in SPECS.glob("*.toml"))
+
+
+def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
+    path = folder / f"{name}.toml"
+    if not path.is_file():
+        raise SpecError(f"unknown table {name!r}; expected one of: {', '.join(available_tables())}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: {e}") from None
+    grid = data.get("grid", {})
+    unknown = set(grid) - CONFIG_FIELDS
+    if unknown or "model" not in grid:
+        raise SpecError(f"{path}: grid fields must be RunConfig fields including 'model'; "
+                        f"unknown: {sorted(unknown)}; allowed: {sorted(CONFIG_FIELDS)}")
+    spec = TableSpec(name=name, title=data["title"], notebook=data["notebook"], reference=data["reference"],
+                     metrics=tuple(data["metrics"]), grid=grid, labels=data.get("labels", {}),
+                     parameters=data.get("parameters", {}))
+    if not spec.notebook_path.is_file():
+        raise SpecError(f"{path}: notebook {spec.notebook_path} does not exist")
+    return spec

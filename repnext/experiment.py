@@ -1,0 +1,53 @@
+"""One cell of a paper table: the run's training plus what its table reports beside accuracy.
+
+The notebooks call ``run_cell``; it measures the architecture at the paper's setting (params and MACs of the
+inference form at 224 px with the paper's class count, whatever the profile trains at) and the inference
+throughput on the device running the job, then trains (or resumes) the run. The measurements travel in the
+run's record, so a record is complete exactly when everything its table needs is in it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .bench import throughput
+from .complexity import measure
+from .config import RunConfig
+from .results import RunPaths
+from .train import StopRequests, train
+
+
+def run_cell(config: dict | RunConfig, output: str | Path, num_classes: int = 1000, img_size: int = 224,
+             fuse_mode: str = "official", throughput_batch: int | None = 16, progress: bool = False) -> dict:
+    """Train the run ``config`` into ``output`` (resuming it if interrupted) and return its record.
+
+    ``num_classes``/``img_size``/``fuse_mode``: the paper's counting setting for this table
+    (``repnext.complexity.TABLE_FUSE_MODE``). ``throughput_batch=None`` skips the throughput measurement.
+    """
+    config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    extra = {}
+    if int(os.environ.get("RANK", "0")) == 0:  # DDP: only the rank that writes the record measures
+        extra["paper_setting"] = measure(config.model, num_classes, img_size, fuse_mode).as_dict()
+        if throughput_batch:
+            extra["throughput"] = throughput(config.model, batch=throughput_batch, img_size=img_size)
+    paths = RunPaths(Path(output))
+    with StopRequests(paths.stop) as should_stop:
+        return train(config, output, progress=progress, should_stop=should_stop, extra=extra)
+
+
+def plot_curves(output: str | Path, title: str | None = None):
+    """The run's curves from its log.txt: train/test loss and top-1/top-5 per epoch (a matplotlib Figure)."""
+    import matplotlib.pyplot as plt  # the notebooks extra; the core does not need it
+    import pandas as pd
+    import seaborn as sns
+
+    log = pd.read_json(RunPaths(Path(output)).log, lines=True)
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.2), layout="constrained")
+    losses = log.melt(id_vars="epoch", value_vars=["train_loss", "test_loss"], var_name="split")
+    sns.lineplot(losses, x="epoch", y="value", hue="split", marker="o", ax=ax_loss)
+    ax_loss.set(ylabel="loss")
+    accs = log.melt(id_vars="epoch", value_vars=["test_acc1", "test_acc5"], var_name="metric")
+    sns.lineplot(accs, x="epoch", y="value", hue="metric", marker="o", ax=ax_acc)
+    ax_acc.set(ylabel="accuracy (%)")
+    fig.suptitle(title or Path(output).name)
+    return fig
