@@ -8,7 +8,12 @@ PYTEST_ARGS ?=
 # one OpenMP thread per process: two spinning threads beside another busy process slow steps 20-60x
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: env test test-fast paper_tables models bench lint clean
+SLURM_DIR ?= .slurm
+# `make test` starts the local SLURM cluster of slurm/local-up.sh when it can (root with apt-get) so the
+# slurm tests run; SLURM_LOCAL=0 skips that (the slurm tests then skip unless another cluster answers).
+SLURM_LOCAL ?= auto
+
+.PHONY: env test test-fast paper_tables models bench lint clean slurm-up slurm-down
 
 env: $(STAMP)
 
@@ -19,11 +24,13 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[$(EXTRAS)]"
 	@touch $@
 
-test: env  ## everything, slow tests included
-	$(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
+test: env  ## everything, slow tests included (SLURM and notebook end-to-end tests too)
+	@if [ "$(SLURM_LOCAL)" != 0 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		bash slurm/local-up.sh $(SLURM_DIR) || echo "local SLURM cluster did not start: the slurm tests will skip"; fi
+	@if [ -f $(SLURM_DIR)/env.sh ]; then . $(SLURM_DIR)/env.sh; fi; $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 test-fast: env  ## the inner loop: skips tests marked slow
-	$(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
+	@if [ -f $(SLURM_DIR)/env.sh ]; then . $(SLURM_DIR)/env.sh; fi; $(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
 paper_tables: env models  ## regenerate every table that the project can produce so far
 	@echo "paper tables written under paper_tables/"
@@ -37,6 +44,12 @@ bench: env  ## speed figures (not tests): forms vs timm references, smoke traini
 
 lint: env
 	$(BIN)/ruff check repnext tests benchmarks
+
+slurm-up:  ## a single-node SLURM cluster on localhost (root; installs munge/slurm with apt)
+	bash slurm/local-up.sh $(SLURM_DIR)
+
+slurm-down:
+	bash slurm/local-down.sh $(SLURM_DIR)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -133,7 +133,13 @@ def tex_escape(text: str) -> str:
 
 
 def render_table(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_dir: Path) -> list[Path]:
+    """The table as .md and .tex, then the spec's figures (``ablations.figures``)."""
+    from .figures import FIGURES
+
     frame = table_frame(spec, runs, results)
     notes = provenance(spec, runs, results, profile)
-    return [atomic_write_text(out_dir / f"{spec.name}.md", to_markdown(spec, frame, notes)),
-            atomic_write_text(out_dir / f"{spec.name}.tex", to_latex(spec, frame, notes))]
+    paths = [atomic_write_text(out_dir / f"{spec.name}.md", to_markdown(spec, frame, notes)),
+             atomic_write_text(out_dir / f"{spec.name}.tex", to_latex(spec, frame, notes))]
+    for name in spec.figures:
+        paths.extend(FIGURES[name](spec, runs, results, profile, out_dir))
+    return paths

@@ -113,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     status = 0
     for spec in specs:
         runs = [dataclasses.replace(run, config=dataclasses.replace(run.config, **location))
-                for run in spec.expand(args.profile, args.only)]
-        todo = pending_runs(runs, results)
-        print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(todo)} complete, {len(todo)} to run "
+                for run in spec.expand(args.profile)]
+        selected = {run.run_id for run in spec.expand(args.profile, args.only)}  # --only limits what runs
+        pending = pending_runs(runs, results)
+        todo = [run for run in pending if run.run_id in selected]
+        print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(pending)} complete, {len(todo)} to run "
               f"({args.cluster}, profile {args.profile}) -> {results / spec.name}")
         if args.dry_run:
-            dry_run(spec, runs, todo, results, args, slurm, max_parallel, tasks_per_node)
+            dry_run(spec, runs, pending, todo, args, slurm, max_parallel, tasks_per_node)
             continue
         if todo:
             start = time.perf_counter()
@@ -135,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
-def dry_run(spec, runs, todo, results, args, slurm, max_parallel: int, tasks_per_node: int) -> None:
+def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per_node: int) -> None:
     for run in runs:
         s = run.config.resolve()
-        state = "todo" if run in todo else "complete"
+        state = "todo" if run in todo else "skipped" if run in pending else "complete"
         print(f"  {state:<9}{run.run_id:<34}{spec.label(run):<32}recipe={s.recipe.name} data={s.data} "
               f"epochs={s.recipe.epochs} batch={s.batch_size} lr={s.lr:.3g} img={s.img_size} "
               f"distill={run.config.distillation}")

@@ -53,6 +53,7 @@ class TableSpec:
     grid: dict
     labels: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
+    figures: tuple[str, ...] = ()  # names in ablations.figures.FIGURES, drawn after the table
 
     @property
     def notebook_path(self) -> Path:
@@ -99,7 +100,7 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
                         f"unknown: {sorted(unknown)}; allowed: {sorted(CONFIG_FIELDS)}")
     spec = TableSpec(name=name, title=data["title"], notebook=data["notebook"], reference=data["reference"],
                      metrics=tuple(data["metrics"]), grid=grid, labels=data.get("labels", {}),
-                     parameters=data.get("parameters", {}))
+                     parameters=data.get("parameters", {}), figures=tuple(data.get("figures", ())))
     if not spec.notebook_path.is_file():
         raise SpecError(f"{path}: notebook {spec.notebook_path} does not exist")
     return spec

@@ -25,11 +25,9 @@ def run_cell(config: dict | RunConfig, output: str | Path, num_classes: int = 10
     (``repnext.complexity.TABLE_FUSE_MODE``). ``throughput_batch=None`` skips the throughput measurement.
     """
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-    extra = {}
-    if int(os.environ.get("RANK", "0")) == 0:  # DDP: only the rank that writes the record measures
-        extra["paper_setting"] = measure(config.model, num_classes, img_size, fuse_mode).as_dict()
-        if throughput_batch:
-            extra["throughput"] = throughput(config.model, batch=throughput_batch, img_size=img_size)
+    extra = {"paper_setting": measure(config.model, num_classes, img_size, fuse_mode).as_dict()}
+    if throughput_batch and int(os.environ.get("RANK", "0")) == 0:  # DDP: the rank writing the record times
+        extra["throughput"] = throughput(config.model, batch=throughput_batch, img_size=img_size)
     paths = RunPaths(Path(output))
     with StopRequests(paths.stop) as should_stop:
         return train(config, output, progress=progress, should_stop=should_stop, extra=extra)
