@@ -32,8 +32,12 @@ test: env  ## everything, slow tests included (SLURM and notebook end-to-end tes
 test-fast: env  ## the inner loop: skips tests marked slow
 	@if [ -f $(SLURM_DIR)/env.sh ]; then . $(SLURM_DIR)/env.sh; fi; $(BIN)/python -m pytest -n 2 -m "not slow" $(PYTEST_ARGS)
 
-paper_tables: env models  ## regenerate every table that the project can produce so far
-	@echo "paper tables written under paper_tables/"
+CLUSTER ?= local
+PROFILE ?= smoke
+
+paper_tables: env models  ## every table through the ablation runner (cached runs are not redone)
+	@start=$$(date +%s); $(BIN)/python ablations/run.py --table all --cluster $(CLUSTER) --profile $(PROFILE); \
+		rc=$$?; echo "make paper_tables: $$(( $$(date +%s) - start )) s wall"; exit $$rc
 
 models: env
 	$(BIN)/python -m repnext.models --output paper_tables/models.md

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -94,7 +95,8 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
         queue = []
     outcomes: dict[str, Outcome] = {}
     total_epochs = sum(run.config.resolve().recipe.epochs for run in runs)
-    bar = tqdm(total=total_epochs, desc=f"{spec.name} ({cluster})", unit="epoch", disable=not progress)
+    bar = tqdm(total=total_epochs, desc=f"{spec.name} ({cluster})", unit="epoch", disable=not progress,
+               mininterval=POLL_S if sys.stderr.isatty() else 30)  # a log file gets a line per 30 s
     while len(outcomes) < len(runs):
         while queue and len(jobs) - len(outcomes) < max_parallel:
             run = queue.pop(0)
