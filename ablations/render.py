@@ -18,7 +18,7 @@ from repnext.profiles import get_profile
 from repnext.reference import PaperValue, paper_values
 from repnext.results import read_json
 
-from .spec import Run, TableSpec
+from .spec import Column, Run, TableSpec
 
 MISSING = "—"
 
@@ -46,32 +46,49 @@ def complete_record(run: Run, results: Path) -> dict | None:
     return record if record is not None and record.get("status") == "complete" else None
 
 
-def _paper(spec: TableSpec, run: Run, metric: str) -> PaperValue | None:
-    found = paper_values(spec.reference, run.config.model, metric)
+def _paper(spec: TableSpec, column: Column, run: Run) -> PaperValue | None:
+    found = paper_values(column.reference_table or spec.reference, run.config.model, column.reference)
     return found[0] if len(found) == 1 else None
 
 
-def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame:
-    """One row per run; columns (metric header, paper|ours|Δ), all formatted at the paper's precision."""
-    rows, index = [], []
-    for run in runs:
+def _cell(spec: TableSpec, column: Column, group: list[Run], results: Path) -> tuple[Run | None, dict | None]:
+    """The run of a row that fills ``column`` (the first complete one matching ``where``) and its record."""
+    matching = [r for r in group if all(r.paper.get(k) == v for k, v in column.where.items())]
+    for run in matching:
         record = complete_record(run, results)
+        if record is not None:
+            return run, record
+    return (matching[0] if matching else None), None
+
+
+def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame:
+    """One row per row key (``spec.rows``, default the model); columns (header, paper|ours|Δ), all formatted
+    at the paper's precision, and the row's runs."""
+    groups: dict[tuple, list[Run]] = {}
+    for run in runs:
+        groups.setdefault(tuple(run.paper[f] for f in spec.rows), []).append(run)
+    rows, index = [], []
+    for group in groups.values():
         row = {}
-        for name in spec.metrics:
-            metric, paper = METRICS[name], _paper(spec, run, name)
+        for column in spec.columns:
+            metric = METRICS[column.metric]
+            header = column.header or metric.header
+            run, record = _cell(spec, column, group, results)
+            paper = _paper(spec, column, run) if run is not None else None
             ours = metric.value(record) if record is not None else None
-            row[(metric.header, "paper")] = paper.text if paper else MISSING
+            row[(header, "paper")] = paper.text if paper else MISSING
             if ours is None:
-                row[(metric.header, "ours")] = row[(metric.header, "Δ")] = MISSING
+                row[(header, "ours")] = row[(header, "Δ")] = MISSING
             elif paper is not None:
-                row[(metric.header, "ours")] = paper.format(ours)
-                row[(metric.header, "Δ")] = f"{paper.delta(ours):+.{paper.decimals}f}" if metric.comparable else MISSING
+                row[(header, "ours")] = paper.format(ours)
+                row[(header, "Δ")] = f"{paper.delta(ours):+.{paper.decimals}f}" if metric.comparable else MISSING
             else:
-                row[(metric.header, "ours")] = f"{ours:.{metric.decimals}f}"
-                row[(metric.header, "Δ")] = MISSING
-        row[("Run", "")] = _source(run, record)
+                row[(header, "ours")] = f"{ours:.{metric.decimals}f}"
+                row[(header, "Δ")] = MISSING
+        unique = {run.run_id: run for run in group}.values()
+        row[("Runs", "")] = "; ".join(_source(run, complete_record(run, results)) for run in unique)
         rows.append(row)
-        index.append(spec.label(run))
+        index.append(spec.label(group[0]))
     frame = pd.DataFrame(rows, index=pd.Index(index, name="Model"))
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
     return frame
@@ -91,11 +108,18 @@ def provenance(spec: TableSpec, runs: list[Run], results: Path, profile: str) ->
     records = [r for r in (complete_record(run, results) for run in runs) if r is not None]
     lines = [f"Reproduced columns: profile `{profile}` ({prof.description}); "
              f"{len(records)} of {len(runs)} runs complete."]
-    if records:
-        r = records[0]
-        lines.append(f"Accuracy: {r['data_description']}, {r['img_size']} px, {r['epochs']} epochs, "
+    imported = [r for r in records if r.get("source") == "imported"]
+    trained = [r for r in records if r.get("source") != "imported"]
+    if imported:
+        lines.append(f"{len(imported)} run(s) imported from training logs (`python -m repnext.results import`): "
+                     + ", ".join(sorted(Path(r["source_file"]).name for r in imported)) + ".")
+    if trained:
+        r = trained[0]
+        lines.append(f"Trained here: {r['data_description']}, {r['img_size']} px, {r['epochs']} epochs, "
                      f"recipe `{r['recipe']}`" + ("; not comparable to the paper's ImageNet runs."
                                                   if prof.substitute_data else "."))
+    if records:
+        r = (trained or records)[0]
         setting = r.get("paper_setting")
         if setting:
             lines.append(f"Params and MACs: the `{setting['fuse_mode']}` inference form at {setting['img_size']} px "
@@ -116,6 +140,7 @@ def to_markdown(spec: TableSpec, frame: pd.DataFrame, notes: list[str]) -> str:
 
 
 def to_latex(spec: TableSpec, frame: pd.DataFrame, notes: list[str]) -> str:
+    frame = frame.drop(columns=[("Runs", "")])  # run ids belong in the markdown, not in a paper
     styler = frame.style.format(escape="latex").format_index(escape="latex", axis=0)
     styler = styler.format_index(escape="latex", axis=1)
     caption = tex_escape(f"{spec.title}. " + " ".join(notes))

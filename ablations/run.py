@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ablations/run.py", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[2:]))
-    p.add_argument("--table", required=True, help=f"one of: {', '.join(available_tables())}, or all")
+    p.add_argument("--table", required=True,
+                   help=f"one or more (comma-separated) of: {', '.join(available_tables())}; or all")
     p.add_argument("--cluster", default="local", help=f"one of: {', '.join(CLUSTERS)} (default: local)")
     p.add_argument("--profile", default="smoke",
                    help="; ".join(f"{name}: {prof.description}" for name, prof in PROFILES.items()))
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-checkpoint", help="distillation teacher weights for the full profile")
     p.add_argument("--tables-dir", type=Path, default=PAPER_TABLES, help="where the rendered tables go")
     p.add_argument("--dry-run", action="store_true", help="print the runs and executor parameters; submit nothing")
+    p.add_argument("--render-only", action="store_true",
+                   help="render the tables from the results store as it is (e.g. imported logs); submit nothing")
     p.add_argument("--only", help="only runs whose model name or run id matches this glob")
     p.add_argument("--max-parallel", type=int, help="runs at once (default: local/debug 1 per CPU core, slurm all)")
     slurm = p.add_argument_group("slurm", "override the cluster profile (slurm/clusters.toml)")
@@ -86,17 +89,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         validate(args)
-        names = available_tables() if args.table == "all" else [args.table]
+        names = available_tables() if args.table == "all" else args.table.split(",")
         specs = [load_spec(name) for name in names]
         slurm = None
         if args.cluster == "slurm":
             slurm = get_slurm_profile(args.slurm_profile or DEFAULT_SLURM_PROFILE[args.profile]).replace(
                 partition=args.partition, account=args.account, qos=args.qos, timeout_min=args.timeout_min,
                 tasks_per_node=args.tasks_per_node)
-            if not args.dry_run:
+            if not (args.dry_run or args.render_only):
                 check_slurm(slurm)
         results = args.results.expanduser().resolve()
-        if not args.dry_run:
+        if not (args.dry_run or args.render_only):
             check_writable(results)
             if not get_profile(args.profile).substitute_data and args.data_root is None:
                 raise UsageError(f"the {args.profile} profile trains on the paper's datasets: pass --data-root "
@@ -116,13 +119,14 @@ def main(argv: list[str] | None = None) -> int:
                 for run in spec.expand(args.profile)]
         selected = {run.run_id for run in spec.expand(args.profile, args.only)}  # --only limits what runs
         pending = pending_runs(runs, results)
-        todo = [run for run in pending if run.run_id in selected]
+        # cells the profile maps to the same run (smoke trains every dataset on the digits) run once
+        todo = list({run.run_id: run for run in pending if run.run_id in selected}.values())
         print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(pending)} complete, {len(todo)} to run "
               f"({args.cluster}, profile {args.profile}) -> {results / spec.name}")
         if args.dry_run:
             dry_run(spec, runs, pending, todo, args, slurm, max_parallel, tasks_per_node)
             continue
-        if todo:
+        if todo and not args.render_only:
             start = time.perf_counter()
             outcomes = execute(spec, todo, results, args.cluster, max_parallel, slurm, tasks_per_node,
                                progress=not args.no_progress)

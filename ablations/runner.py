@@ -43,7 +43,8 @@ def pending_runs(runs: list[Run], results: Path) -> list[Run]:
 
 def notebook_task(spec: TableSpec, run: Run, results: Path) -> NotebookTask:
     folder = run.folder(results)
-    parameters = {"config": dataclasses.asdict(run.config), "output": str(folder), **run.parameters}
+    parameters = {"config": dataclasses.asdict(run.config), "output": str(folder), "paper": run.paper,
+                  **run.parameters}
     return NotebookTask(run.run_id, str(spec.notebook_path), str(folder), parameters)
 
 

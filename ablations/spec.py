@@ -44,13 +44,25 @@ class Run:
 
 
 @dataclass(frozen=True)
+class Column:
+    """A reported quantity: ``metric`` (an ``ablations.render.METRICS`` name) of the row's run whose paper
+    fields match ``where`` (e.g. ``{distillation = true}``), beside reference.csv's ``reference`` value."""
+    metric: str
+    reference: str
+    where: dict = field(default_factory=dict)
+    header: str | None = None
+    reference_table: str | None = None  # None: the spec's
+
+
+@dataclass(frozen=True)
 class TableSpec:
     name: str
     title: str
     notebook: str
     reference: str
-    metrics: tuple[str, ...]
+    columns: tuple[Column, ...]
     grid: dict
+    rows: tuple[str, ...] = ("model",)  # the paper fields that make a row; the others spread over columns
     labels: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
     figures: tuple[str, ...] = ()  # names in ablations.figures.FIGURES, drawn after the table
@@ -77,6 +89,10 @@ class TableSpec:
             runs.append(Run(self.name, config, paper, dict(self.parameters)))
         return runs
 
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(c.metric for c in self.columns))
+
     def label(self, run: Run) -> str:
         return self.labels.get(run.config.model, run.config.model)
 
@@ -98,8 +114,18 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
     if unknown or "model" not in grid:
         raise SpecError(f"{path}: grid fields must be RunConfig fields including 'model'; "
                         f"unknown: {sorted(unknown)}; allowed: {sorted(CONFIG_FIELDS)}")
+    # `metrics = [...]` is shorthand for columns whose reference metric has the same name
+    columns = [Column(m, m) for m in data.get("metrics", [])]
+    try:
+        columns += [Column(**{"reference": c["metric"], **c}) for c in data.get("columns", [])]
+    except TypeError as e:
+        raise SpecError(f"{path}: bad [[columns]] entry ({e}); keys: metric, reference, where, header, "
+                        "reference_table") from None
+    rows = tuple(data.get("rows", ("model",)))
+    if set(rows) - set(grid):
+        raise SpecError(f"{path}: rows {sorted(set(rows) - set(grid))} are not grid fields")
     spec = TableSpec(name=name, title=data["title"], notebook=data["notebook"], reference=data["reference"],
-                     metrics=tuple(data["metrics"]), grid=grid, labels=data.get("labels", {}),
+                     columns=tuple(columns), grid=grid, rows=rows, labels=data.get("labels", {}),
                      parameters=data.get("parameters", {}), figures=tuple(data.get("figures", ())))
     if not spec.notebook_path.is_file():
         raise SpecError(f"{path}: notebook {spec.notebook_path} does not exist")

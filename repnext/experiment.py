@@ -16,15 +16,21 @@ from .config import RunConfig
 from .results import RunPaths
 from .train import StopRequests, train
 
+PAPER_NUM_CLASSES = {"imagenet": 1000, "cifar100": 100}
 
-def run_cell(config: dict | RunConfig, output: str | Path, num_classes: int = 1000, img_size: int = 224,
-             fuse_mode: str = "official", throughput_batch: int | None = 16, progress: bool = False) -> dict:
+
+def run_cell(config: dict | RunConfig, output: str | Path, num_classes: int | None = None, img_size: int = 224,
+             fuse_mode: str = "official", throughput_batch: int | None = 16, progress: bool = False,
+             paper: dict | None = None) -> dict:
     """Train the run ``config`` into ``output`` (resuming it if interrupted) and return its record.
 
     ``num_classes``/``img_size``/``fuse_mode``: the paper's counting setting for this table
-    (``repnext.complexity.TABLE_FUSE_MODE``). ``throughput_batch=None`` skips the throughput measurement.
+    (``repnext.complexity.TABLE_FUSE_MODE``); ``num_classes=None`` takes it from the paper's dataset of the
+    cell (``paper["data"]``, whatever the profile trains on). ``throughput_batch=None`` skips the throughput.
     """
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    if num_classes is None:
+        num_classes = PAPER_NUM_CLASSES[(paper or {}).get("data", "imagenet")]
     extra = {"paper_setting": measure(config.model, num_classes, img_size, fuse_mode).as_dict()}
     if throughput_batch and int(os.environ.get("RANK", "0")) == 0:  # DDP: the rank writing the record times
         extra["throughput"] = throughput(config.model, batch=throughput_batch, img_size=img_size)

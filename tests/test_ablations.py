@@ -39,12 +39,13 @@ def test_specs_name_existing_models_and_reference_rows():
         spec = load_spec(name)
         for run in spec.expand("full"):
             assert timm.is_model(run.config.model)
-            for metric in spec.metrics:
-                paper_value(spec.reference, run.config.model, metric)  # raises when the row is missing
+            for column in spec.columns:
+                if all(run.paper.get(k) == v for k, v in column.where.items()):  # raises when a row is missing
+                    paper_value(column.reference_table or spec.reference, run.config.model, column.reference)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--table", "nope"], "unknown table 'nope'; expected one of: downsample"),
+    (["--table", "nope"], "unknown table 'nope'; expected one of: compact, downsample"),
     (["--table", "downsample", "--cluster", "kubernetes"], "unknown cluster 'kubernetes'"),
     (["--table", "downsample", "--profile", "huge"], "unknown profile 'huge'"),
     (["--table", "downsample", "--data-root", "/does/not/exist"], "data root /does/not/exist does not exist"),
@@ -99,7 +100,7 @@ def test_render_paper_ours_delta_at_the_papers_precision(downsample, tmp_path):
     assert (base[("Params (M)", "ours")], base[("Params (M)", "Δ")]) == ("5.22", "+0.00")
     assert base[("Throughput (img/s)", "Δ")] == "—"  # a CPU against the paper's GPU: no delta
     failed = frame.loc["A: shortcut before the norm"]
-    assert failed[("Top-1 (%)", "ours")] == "—" and "not run yet" in failed[("Run", "")]
+    assert failed[("Top-1 (%)", "ours")] == "—" and "not run yet" in failed[("Runs", "")]
     md, tex = render_table(downsample, runs, tmp_path, "smoke", tmp_path / "tables")
     assert "| ConvNeXt-femto (baseline)" in md.read_text() and "1 of 3 runs complete" in md.read_text()
     assert r"\multicolumn{3}{c}{Top-1 (\%)}" in tex.read_text() and r"$\Delta$" in tex.read_text()
