@@ -29,6 +29,7 @@ class Metric:
     value: Callable[[dict], float]
     decimals: int = 2  # where the paper printed no value to take the precision from
     comparable: bool = True  # False: a delta to the paper's value means nothing (measured on other hardware)
+    fmt: str | None = None  # format where the paper has no value (default: ``decimals`` fixed-point)
 
 
 METRICS = {
@@ -36,6 +37,19 @@ METRICS = {
     "top5": Metric("Top-5 (%)", lambda r: r["best"]["acc5"]),
     "params_m": Metric("Params (M)", lambda r: r["paper_setting"]["fused_params"] / 1e6),
     "gmacs": Metric("GMACs", lambda r: r["paper_setting"]["macs"] / 1e9),
+    # the equivalence table (repnext.equivalence): errors against the training form, the single-branch form
+    "err_official": Metric("Official fuse error", lambda r: r["forms"]["official"]["max_abs_error"], fmt="{:.1e}"),
+    "err_full": Metric("Full fuse error", lambda r: r["forms"]["full"]["max_abs_error"], fmt="{:.1e}"),
+    "err_single_branch": Metric("Single-branch error", lambda r: r["forms"]["single_branch"]["max_abs_error"],
+                                fmt="{:.1e}"),
+    "err_single_branch_plain": Metric("Naive single-branch error",
+                                      lambda r: r["forms"]["single_branch_plain"]["max_abs_error"], fmt="{:.1e}"),
+    "params_official_m": Metric("Params (M)", lambda r: r["forms"]["official"]["params"] / 1e6),
+    "gmacs_official": Metric("GMACs", lambda r: r["forms"]["official"]["macs"] / 1e9),
+    "params_single_branch_m": Metric("Single-branch params (M)", lambda r: r["forms"]["single_branch"]["params"] / 1e6),
+    "gmacs_single_branch": Metric("Single-branch GMACs", lambda r: r["forms"]["single_branch"]["macs"] / 1e9),
+    "params_e_m": Metric("E model params (M)", lambda r: r["e_model"]["fused_params"] / 1e6),
+    "gmacs_e": Metric("E model GMACs", lambda r: r["e_model"]["macs"] / 1e9),
     "throughput_img_s": Metric("Throughput (img/s)", lambda r: r["throughput"]["images_per_second"], 0,
                                comparable=False),
 }
@@ -47,7 +61,8 @@ def complete_record(run: Run, results: Path) -> dict | None:
 
 
 def _paper(spec: TableSpec, column: Column, run: Run) -> PaperValue | None:
-    found = paper_values(column.reference_table or spec.reference, run.config.model, column.reference)
+    model = (column.reference_model or "{model}").format(model=run.config.model)
+    found = paper_values(column.reference_table or spec.reference, model, column.reference)
     return found[0] if len(found) == 1 else None
 
 
@@ -83,13 +98,16 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
                 row[(header, "ours")] = paper.format(ours)
                 row[(header, "Δ")] = f"{paper.delta(ours):+.{paper.decimals}f}" if metric.comparable else MISSING
             else:
-                row[(header, "ours")] = f"{ours:.{metric.decimals}f}"
+                row[(header, "ours")] = metric.fmt.format(ours) if metric.fmt else f"{ours:.{metric.decimals}f}"
                 row[(header, "Δ")] = MISSING
         unique = {run.run_id: run for run in group}.values()
         row[("Runs", "")] = "; ".join(_source(run, complete_record(run, results)) for run in unique)
         rows.append(row)
         index.append(spec.label(group[0]))
     frame = pd.DataFrame(rows, index=pd.Index(index, name="Model"))
+    # quantities the paper does not report get only the "ours" column
+    unreported = [c for c in frame.columns if c[1] in ("paper", "Δ") and (frame[(c[0], "paper")] == MISSING).all()]
+    frame = frame.drop(columns=unreported)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
     return frame
 
@@ -107,9 +125,9 @@ def provenance(spec: TableSpec, runs: list[Run], results: Path, profile: str) ->
     prof = get_profile(profile)
     records = [r for r in (complete_record(run, results) for run in runs) if r is not None]
     lines = [f"Reproduced columns: profile `{profile}` ({prof.description}); "
-             f"{len(records)} of {len(runs)} runs complete."]
+             f"{len(records)} of {len(runs)} runs complete.", *spec.notes]
     imported = [r for r in records if r.get("source") == "imported"]
-    trained = [r for r in records if r.get("source") != "imported"]
+    trained = [r for r in records if r.get("source") == "trained"]
     if imported:
         lines.append(f"{len(imported)} run(s) imported from training logs (`python -m repnext.results import`): "
                      + ", ".join(sorted(Path(r["source_file"]).name for r in imported)) + ".")

@@ -52,6 +52,7 @@ class Column:
     where: dict = field(default_factory=dict)
     header: str | None = None
     reference_table: str | None = None  # None: the spec's
+    reference_model: str | None = None  # a template on the row's model, e.g. "{model}e"; None: the model
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,7 @@ class TableSpec:
     labels: dict = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
     figures: tuple[str, ...] = ()  # names in ablations.figures.FIGURES, drawn after the table
+    notes: tuple[str, ...] = ()  # printed under the table: how its numbers are measured
 
     @property
     def notebook_path(self) -> Path:
@@ -126,7 +128,8 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
         raise SpecError(f"{path}: rows {sorted(set(rows) - set(grid))} are not grid fields")
     spec = TableSpec(name=name, title=data["title"], notebook=data["notebook"], reference=data["reference"],
                      columns=tuple(columns), grid=grid, rows=rows, labels=data.get("labels", {}),
-                     parameters=data.get("parameters", {}), figures=tuple(data.get("figures", ())))
+                     parameters=data.get("parameters", {}), figures=tuple(data.get("figures", ())),
+                     notes=tuple(data.get("notes", ())))
     if not spec.notebook_path.is_file():
         raise SpecError(f"{path}: notebook {spec.notebook_path} does not exist")
     return spec

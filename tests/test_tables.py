@@ -1,4 +1,5 @@
 """Every table spec at paper scale: the runs it lists, and tables rebuilt from the official logs."""
+import json
 import re
 from pathlib import Path
 
@@ -71,3 +72,19 @@ def test_compact_table_draws_its_convergence_figure(imported, tmp_path):
     for name in ("compact.md", "compact.tex", "compact.png", "compact.pdf"):
         assert (tmp_path / name).stat().st_size > 1000
     assert "| RepNeXt-M0 " in (tmp_path / "compact.md").read_text()
+
+
+@pytest.mark.slow
+def test_equivalence_table_shows_float32_rounding_for_every_exact_form(tmp_path):
+    results, tables = tmp_path / "results", tmp_path / "tables"
+    assert main(["--table", "equivalence", "--cluster", "local", "--only", "repnext_m0", "--results", str(results),
+                 "--tables-dir", str(tables), "--no-progress"]) == 0
+    (record,) = [json.loads(p.read_text()) for p in results.glob("equivalence/*/record.json")]
+    scale = record["logit_scale"]
+    for form in ("official", "full", "single_branch"):
+        assert record["forms"][form]["max_abs_error"] < 1e-5 * max(scale, 1)
+    assert record["forms"]["single_branch_plain"]["max_abs_error"] > 1e-2  # the naive collapse is not exact
+    row = table_frame(load_spec("equivalence"), load_spec("equivalence").expand("smoke"), results).loc["RepNeXt-M0"]
+    assert (row[("E model params (M)", "ours")], row[("E model params (M)", "Δ")]) == ("2.5", "+0.0")
+    assert row[("Params (M)", "ours")] == "2.3" and row[("GMACs", "ours")] == "0.4"
+    assert "Naive single-branch" in (tables / "equivalence.md").read_text()
