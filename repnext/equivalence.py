@@ -54,7 +54,8 @@ def measure_equivalence(name: str, img_size: int = 224, seed: int = 0, forms: tu
     size = (1, 3, img_size, img_size)
     result = {"model": name, "img_size": img_size, "images": x.shape[0], "seed": seed,
               "logit_scale": reference.abs().max().item(),
-              "forms": {"train": {"params": count_params(model), "macs": count_macs(model, size), "max_abs_error": 0.0}}}
+              "forms": {"train": {"params": count_params(model), "macs": count_macs(model, size),
+                                  "max_abs_error": 0.0}}}
     for form in forms:
         fused = inference_form(model, form)
         result["forms"][form] = {"params": count_params(fused), "macs": count_macs(fused, size),
