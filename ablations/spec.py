@@ -48,7 +48,7 @@ class Column:
     """A reported quantity: ``metric`` (an ``ablations.render.METRICS`` name) of the row's run whose paper
     fields match ``where`` (e.g. ``{distillation = true}``), beside reference.csv's ``reference`` value."""
     metric: str
-    reference: str
+    reference: str       # "" when the paper does not report it
     where: dict = field(default_factory=dict)
     header: str | None = None
     reference_table: str | None = None  # None: the spec's

@@ -57,15 +57,6 @@ def test_downsample_table_on_slurm_then_cached(slurm, tmp_path):
     assert (tables / "downsample.md").read_text() == md and (tables / "downsample.tex").read_text() == tex
 
 
-def test_one_run_on_the_local_executor(tmp_path):
-    results, tables = tmp_path / "results", tmp_path / "tables"
-    assert _table(results, tables, "--cluster", "local", "--only", "convnext_femto_ds_b") == 0
-    (record,) = [read_json(p) for p in results.glob("downsample/*/record.json")]
-    assert record["model"] == "convnext_femto_ds_b" and record["status"] == "complete"
-    assert len((results / "downsample" / record["run_id"] / "log.txt").read_text().splitlines()) == 4
-    assert "1 of 3 runs complete" in (tables / "downsample.md").read_text()
-
-
 def _small_run(tmp_path, name, epochs=2):
     """One cheap run of the downsample notebook (RepNeXt-M0, 2 epochs) as a job task."""
     spec = load_spec("downsample")
