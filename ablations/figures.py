@@ -2,6 +2,7 @@
 (spec, runs, results, profile, out_dir) and returns the files it wrote (PNG and PDF)."""
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -72,3 +73,126 @@ def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
 
 
 FIGURES["convergence"] = convergence
+
+
+FAMILIES = {"repnext": "RepNeXt", "repvit": "RepViT", "convnext": "ConvNeXt"}
+PAPER_ACCURACY = ("imagenet", "top1_distill")  # Figure 1 plots the distilled 300-epoch top-1, as the README's claims
+PAPER_LABEL = "paper's top-1 (distilled)"
+
+
+def _family(model: str) -> str:
+    return next((v for k, v in FAMILIES.items() if model.startswith(k)), model)
+
+
+def our_top1(model: str, results: Path, profile: str) -> float | None:
+    """Best top-1 of the model's distilled run of the ``imagenet`` table, if complete and trained on ImageNet
+    (a profile that substitutes data, e.g. smoke's digits, gives no ImageNet accuracy)."""
+    from repnext.profiles import get_profile
+
+    from .render import complete_record
+    from .spec import SpecError, load_spec
+
+    if get_profile(profile).substitute_data:
+        return None
+    try:
+        runs = load_spec("imagenet").expand(profile)
+    except SpecError:
+        return None
+    for run in runs:
+        if run.config.model == model and run.paper.get("distillation") is True:
+            record = complete_record(run, results)
+            if record is not None:
+                return record["best"]["acc1"]
+    return None
+
+
+def latency_accuracy_frame(spec: TableSpec, runs: list[Run], results: Path, profile: str):
+    """Figure 1's points: ``panel`` paper (iPhone 12 latency, paper top-1) or ours (this machine's fused batch-1
+    latency; our top-1 where the results store has it, else the paper's, said in ``accuracy``). Models with a
+    latency but no accuracy anywhere have ``top1`` NaN (listed under the figure, not plotted)."""
+    import pandas as pd
+
+    from repnext.reference import paper_values
+
+    from .render import METRICS, complete_record
+
+    rows = []
+    for run in {run.config.model: run for run in runs}.values():
+        model, label = run.config.model, spec.label(run)
+        short = label.split("-", 1)[-1]
+        paper_lat = paper_values(spec.reference, model, "latency_ms")
+        paper_acc = paper_values(*PAPER_ACCURACY[:1], model, PAPER_ACCURACY[1])
+        top1 = paper_acc[0].value if len(paper_acc) == 1 else float("nan")
+        base = {"model": label, "short": short, "family": _family(model)}
+        if len(paper_lat) == 1:
+            rows.append(base | {"panel": "paper", "latency_ms": paper_lat[0].value, "top1": top1,
+                                "accuracy": PAPER_LABEL, "device": "iPhone 12 (iOS 16, Core ML)"})
+        record = complete_record(run, results)
+        if record is not None:
+            ours = our_top1(model, results, profile)
+            cpu = record["cpu"]
+            accuracy = f"our top-1 ({profile})" if ours is not None else PAPER_LABEL if top1 == top1 else "none"
+            rows.append(base | {"panel": "ours", "latency_ms": METRICS["latency_ms"].value(record),
+                                "top1": top1 if ours is None else ours, "accuracy": accuracy,
+                                "device": f"{cpu['device']}, {cpu['threads']} thread(s)"})
+    columns = ["panel", "model", "short", "family", "latency_ms", "top1", "accuracy", "device"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def latency_accuracy(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_dir: Path) -> list[Path]:
+    """Figure 1: latency (x) against ImageNet-1K top-1 (y) per model family; left the paper's points (iPhone 12),
+    right ours (this machine, batch 1, fused form), each point's accuracy source marked."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from matplotlib.lines import Line2D
+
+    frame = latency_accuracy_frame(spec, runs, results, profile)
+    families = list(dict.fromkeys(_family(run.config.model) for run in runs))
+    palette = dict(zip(families, sns.color_palette(n_colors=len(families))))
+    markers = {PAPER_LABEL: "X", f"our top-1 ({profile})": "o"}
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True, layout="constrained")
+    ours_all = frame[frame["panel"] == "ours"]
+    for ax, panel in zip(axes, ("paper", "ours")):
+        part = frame[(frame["panel"] == panel)].dropna(subset=["top1"])  # in the table's order: M0 -> M5
+        if panel == "paper":
+            title = "paper: iPhone 12, iOS 16 (Core ML)"
+        elif ours_all.empty:
+            title = "ours: no complete runs yet"
+        else:
+            title = f"ours: {ours_all['device'].iloc[0]}\nbatch 1, fused form"
+        if part.empty:
+            ax.text(0.5, 0.5, "no points yet", ha="center", va="center", transform=ax.transAxes)
+        else:
+            present = [f for f in families if f in set(part["family"])]
+            sns.lineplot(part, x="latency_ms", y="top1", hue="family", hue_order=present, palette=palette,
+                         sort=False, estimator=None, ax=ax, legend=False)
+            sns.scatterplot(part, x="latency_ms", y="top1", hue="family", hue_order=present, palette=palette,
+                            style="accuracy", markers=markers, s=70, ax=ax, legend=True)
+            for row in part.itertuples():
+                ax.annotate(row.short, (row.latency_ms, row.top1), textcoords="offset points", xytext=(5, -10),
+                            fontsize=8)
+        unplaced = frame[(frame["panel"] == panel) & frame["top1"].isna()]
+        if not unplaced.empty:  # measured, but no accuracy to place them by: ticks on the latency axis
+            sns.rugplot(unplaced, x="latency_ms", hue="family", palette=palette, height=0.05, linewidth=2, ax=ax,
+                        legend=False)
+        handles, labels = ax.get_legend_handles_labels()
+        for family in dict.fromkeys(unplaced["family"]):
+            handles.append(Line2D([], [], color=palette[family], marker="|", linestyle="None", markersize=10,
+                                  markeredgewidth=2))
+            labels.append(f"{family}: latency only (tick)")
+        if handles:
+            ax.legend(handles, labels, fontsize=8, loc="lower right")
+        ax.set(title=title, xlabel="latency (ms)", ylabel="ImageNet-1K top-1 (%)")
+        ax.grid(alpha=0.3)
+    unplaced = ours_all[ours_all["top1"].isna()]
+    notes = [f"top-1: the paper's {PAPER_ACCURACY[1]} ({PAPER_ACCURACY[0]} table of reference.csv) unless marked "
+             "as ours; the two panels' latencies come from different hardware"]
+    if not unplaced.empty:
+        listed = ", ".join(f"{r.model} {r.latency_ms:.1f} ms" for r in unplaced.itertuples())
+        notes.append(f"ticks on the latency axis: measured, no ImageNet top-1 in reference.csv or the store: {listed}")
+    fig.suptitle(f"Figure 1: latency vs ImageNet-1K top-1 (profile {profile})")
+    fig.supxlabel("\n".join(textwrap.fill(note, 160) for note in notes), fontsize=8)
+    return _save(fig, out_dir, "latency_accuracy")
+
+
+FIGURES["latency_accuracy"] = latency_accuracy

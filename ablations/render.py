@@ -52,6 +52,18 @@ METRICS = {
     "gmacs_e": Metric("E model GMACs", lambda r: r["e_model"]["macs"] / 1e9),
     "throughput_img_s": Metric("Throughput (img/s)", lambda r: r["throughput"]["images_per_second"], 0,
                                comparable=False),
+    # the latency table (repnext.latency): this machine's timings beside the paper's iPhone 12 ones, so no delta
+    "latency_ms": Metric("Latency (ms)", lambda r: r["cpu"]["forms"][r["cpu"]["fused_form"]]["latency_ms"],
+                         comparable=False),
+    "latency_train_ms": Metric("Training-form latency (ms)", lambda r: r["cpu"]["forms"]["train"]["latency_ms"],
+                               comparable=False),
+    "latency_single_branch_ms": Metric("Single-branch latency (ms)",
+                                       lambda r: r["cpu"]["forms"].get("single_branch", {}).get("latency_ms"),
+                                       comparable=False),
+    "gpu_throughput_img_s": Metric("GPU throughput (img/s)", lambda r: (r["gpu"] or {}).get("images_per_second"),
+                                   0, comparable=False),
+    "backbone_latency_ms": Metric("Backbone latency (ms)", lambda r: (r["backbone"] or {}).get("latency_ms"),
+                                  comparable=False),
 }
 
 
@@ -61,6 +73,8 @@ def complete_record(run: Run, results: Path) -> dict | None:
 
 
 def _paper(spec: TableSpec, column: Column, run: Run) -> PaperValue | None:
+    if not column.reference:  # a quantity the paper does not report
+        return None
     model = (column.reference_model or "{model}").format(model=run.config.model)
     found = paper_values(column.reference_table or spec.reference, model, column.reference)
     return found[0] if len(found) == 1 else None

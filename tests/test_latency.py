@@ -1,0 +1,214 @@
+"""The latency table: repnext.latency.measure_cell, the spec, the rendered table and Figure 1."""
+import math
+import sys
+
+import pytest
+import timm
+import torch
+
+from ablations.figures import FIGURES, latency_accuracy, latency_accuracy_frame
+from ablations.render import METRICS
+from ablations.run import main
+from ablations.spec import load_spec
+from repnext.config import RunConfig
+from repnext.latency import cpu_forms, for_profile, fused_form, gpu_throughput, largest_batch, measure_cell
+from repnext.reference import paper_value
+from repnext.results import read_json, write_json
+
+CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_spec("latency")
+
+
+@pytest.fixture(scope="module")
+def m0_record(tmp_path_factory):
+    output = tmp_path_factory.mktemp("latency") / "m0"
+    record = measure_cell({"model": "repnext_m0", "profile": "smoke"}, output, rounds=2, latency_iters=1,
+                          backbone_models=None, gpu_warmup_s=0.2, gpu_time_s=0.5, gpu_max_batch=64)
+    return output, record
+
+
+def test_measure_cell_writes_a_complete_record_with_every_field(m0_record):
+    output, record = m0_record
+    assert read_json(output / "record.json") == record  # what it returns is what the store holds
+    config = RunConfig(model="repnext_m0", profile="smoke")
+    assert (record["status"], record["model"], record["run_id"], record["profile"]) == (
+        "complete", "repnext_m0", config.run_id, "smoke")
+    cpu = record["cpu"]
+    assert set(cpu["forms"]) == {"train", "full", "single_branch"} and cpu["fused_form"] == "full"
+    assert (cpu["img_size"], cpu["latency_batch"], cpu["throughput_batch"], cpu["dtype"], cpu["channels_last"],
+            cpu["threads"], cpu["rounds"], cpu["latency_iters"]) == (224, 1, 16, "float32", True,
+                                                                    torch.get_num_threads(), 2, 1)
+    assert cpu["device"].endswith("(CPU)")
+    for form, v in cpu["forms"].items():
+        assert 0 < v["latency_ms_min"] <= v["latency_ms"] < 10_000, form
+        assert 0 < v["throughput_img_s"] <= v["throughput_img_s_max"], form
+    # the table's throughput column: the fused form's, in repnext.bench.throughput's schema
+    assert record["throughput"]["images_per_second"] == cpu["forms"]["full"]["throughput_img_s"]
+    assert {k: record["throughput"][k] for k in ("form", "batch", "img_size", "channels_last", "threads")} == {
+        "form": "full", "batch": 16, "img_size": 224, "channels_last": True, "threads": torch.get_num_threads()}
+    env = record["environment"]
+    assert (env["torch"], env["timm"], env["threads"]) == (torch.__version__, timm.__version__,
+                                                           torch.get_num_threads())
+    if CUDA:
+        assert record["gpu"]["batch"] == 64 and record["gpu"]["images_per_second"] > 0
+    else:
+        assert record["gpu"] is None and "no CUDA device" in record["gpu_missing"]
+    backbone = record["backbone"]  # backbone_models=None: every model gets the 512x512 backbone latency
+    features = timm.create_model("repnext_m0", features_only=True).feature_info
+    assert (backbone["img_size"], backbone["batch"], backbone["channels"], backbone["reductions"]) == (
+        512, 1, features.channels(), [4, 8, 16, 32])
+    assert backbone["latency_ms"] > 0 and record["backbone_missing"] is None
+    assert record["coreml"] is None and "off" in record["coreml_missing"]
+    # the table's metrics read the record
+    assert METRICS["latency_ms"].value(record) == cpu["forms"]["full"]["latency_ms"]
+    assert METRICS["latency_single_branch_ms"].value(record) == cpu["forms"]["single_branch"]["latency_ms"]
+    assert METRICS["latency_train_ms"].value(record) == cpu["forms"]["train"]["latency_ms"]
+    assert METRICS["backbone_latency_ms"].value(record) == backbone["latency_ms"]
+    assert METRICS["gpu_throughput_img_s"].value(record) == (record["gpu"]["images_per_second"] if CUDA else None)
+
+
+def test_baselines_have_train_and_fused_forms_only(tmp_path):
+    assert cpu_forms("repnext_m3") == ("train", "full", "single_branch") and fused_form("repnext_m3") == "full"
+    assert cpu_forms("repvit_m1_1") == ("train", "fused") and fused_form("repvit_m1_1") == "fused"
+    assert cpu_forms("convnext_femto") == ("train",) and fused_form("convnext_femto") == "train"  # nothing to fuse
+    record = measure_cell({"model": "repvit_m0_6", "profile": "smoke"}, tmp_path, rounds=1, latency_iters=1,
+                          backbone_models=["repnext_m3"])
+    assert set(record["cpu"]["forms"]) == {"train", "fused"} and record["throughput"]["form"] == "fused"
+    assert record["backbone"] is None and "not a detection/segmentation backbone" in record["backbone_missing"]
+    assert METRICS["latency_single_branch_ms"].value(record) is None  # rendered as "—"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "darwin", reason="checks the Linux record (no Core ML prediction)")
+def test_coreml_facts_of_the_fused_model(tmp_path):
+    record = measure_cell({"model": "repnext_m0", "profile": "full"}, tmp_path, rounds=1, latency_iters=1,
+                          coreml={"smoke": False, "full": True}, backbone_models=[])
+    cm = record["coreml"]
+    assert cm["ops"] > 100 and cm["op_histogram"]["conv"] > 40
+    assert cm["size_bytes"] > 1e6 and (tmp_path / "coreml" / "repnext_m0_224.mlpackage").is_dir()
+    assert cm["latency_ms"] is None and "macOS" in cm["latency_missing"] and record["coreml_missing"] is None
+
+
+def test_largest_power_of_two_batch_that_fits():
+    calls = []
+
+    def fits_below(limit):
+        def fits(batch):
+            calls.append(batch)
+            return batch <= limit
+        return fits
+
+    assert largest_batch(fits_below(300), cap=16384) == 256
+    assert calls == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512]  # doubling up, stopping at the first that does not fit
+    assert largest_batch(fits_below(300), cap=100) == 64
+    assert largest_batch(fits_below(10**9), cap=2048) == 2048
+    assert largest_batch(fits_below(0), cap=2048) is None
+
+
+def test_parameters_pick_by_profile():
+    assert for_profile({"smoke": 2, "full": 20}, "full") == 20 and for_profile(3, "smoke") == 3
+
+
+def test_gpu_throughput_method_without_a_gpu(monkeypatch):
+    """The papers' loop (batch search, warm-up, synchronised timing) with CUDA's calls stubbed, on the CPU."""
+    import repnext.latency as latency
+
+    class Small(torch.nn.Module):  # "runs out of memory" above batch 8
+        def forward(self, x):
+            if x.shape[0] > 8:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return x.mean((2, 3))
+
+    built = []
+    monkeypatch.setattr(latency, "build_form", lambda *a, **k: built.append((a, k)) or Small())
+    for fn in ("synchronize", "empty_cache"):
+        monkeypatch.setattr(torch.cuda, fn, lambda *a: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stub GPU")
+    r = gpu_throughput("repnext_m0", img_size=16, warmup_s=0.01, time_s=0.02, max_batch=1024, device="cpu")
+    assert built[0][0][:2] == ("repnext_m0", "official") and built[0][1] == {"channels_last": False}
+    assert (r["batch"], r["device"]) == (8, "Stub GPU")
+    assert r["larger_batch"] == "batch 16: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert r["iterations"] >= 1 and r["images_per_second"] > 0 and r["dtype"] == "float32"
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_gpu_throughput_the_papers_way():
+    r = gpu_throughput("repnext_m0", warmup_s=0.2, time_s=0.5, max_batch=256)
+    assert (r["batch"], r["form"], r["dtype"], r["channels_last"]) == (256, "official", "float32", False)
+    assert r["images_per_second"] > 0 and r["iterations"] >= 1 and r["device"] == torch.cuda.get_device_name()
+
+
+def test_spec_rows_and_their_paper_values(spec):
+    runs = spec.expand("smoke")
+    models = [r.config.model for r in runs]
+    assert models[:6] == [f"repnext_m{i}" for i in range(6)] and "repvit_m1_5" in models and len(models) == 13
+    assert spec.figures == ("latency_accuracy",) and "latency_accuracy" in FIGURES
+    assert paper_value("imagenet", "repnext_m4", "latency_ms").text == "1.48"
+    assert [paper_value("detection", f"repnext_m{i}", "latency_ms_512").value for i in (3, 4, 5)] == [5.1, 6.6, 10.4]
+    assert paper_value("imagenet_starnet", "repnext_m0e", "latency_ms").text == "0.62"  # the single-branch column
+    assert {c.metric: c.reference_table for c in spec.columns}["backbone_latency_ms"] == "detection"
+    assert spec.parameters["coreml"] == {"smoke": False, "full": True}
+
+
+def test_figure_on_an_empty_store_draws_the_papers_points(spec, tmp_path):
+    runs = spec.expand("smoke")
+    frame = latency_accuracy_frame(spec, runs, tmp_path / "results", "smoke")
+    assert set(frame["panel"]) == {"paper"} and list(frame["model"]) == [f"RepNeXt-M{i}" for i in range(6)]
+    assert list(frame["latency_ms"]) == [0.59, 0.86, 1.00, 1.11, 1.48, 2.20]
+    assert list(frame["top1"]) == [74.2, 78.8, 80.1, 80.7, 82.3, 83.3]  # the distilled top-1
+    paths = latency_accuracy(spec, runs, tmp_path / "results", "smoke", tmp_path / "out")
+    assert [p.name for p in paths] == ["latency_accuracy.png", "latency_accuracy.pdf"]
+    assert all(p.stat().st_size > 10_000 for p in paths)
+
+
+def test_figure_takes_our_top1_from_the_imagenet_table_only_when_trained_on_imagenet(spec, tmp_path):
+    results = tmp_path / "results"
+    latency = {"status": "complete", "cpu": {"fused_form": "full", "forms": {"full": {"latency_ms": 12.5}},
+                                             "device": "Test CPU (CPU)", "threads": 1}}
+    for profile in ("smoke", "full"):
+        for run in spec.expand(profile, only="repnext_m0") + spec.expand(profile, only="repvit_m0_9"):
+            write_json(run.folder(results) / "record.json", latency)
+        for run in load_spec("imagenet").expand(profile, only="repnext_m0"):
+            acc = 71.0 if run.paper["distillation"] else 69.0
+            write_json(run.folder(results) / "record.json", {"status": "complete", "best": {"acc1": acc}})
+    for profile, top1, accuracy in (("smoke", 74.2, "paper's top-1 (distilled)"), ("full", 71.0, "our top-1 (full)")):
+        frame = latency_accuracy_frame(spec, spec.expand(profile), results, profile)
+        ours = frame[frame["panel"] == "ours"].set_index("model")
+        assert ours.loc["RepNeXt-M0", ["latency_ms", "top1", "accuracy"]].tolist() == [12.5, top1, accuracy]
+        # a baseline without any top-1 keeps its latency and is not placed on the accuracy axis
+        assert ours.loc["RepViT-M0.9", "latency_ms"] == 12.5 and math.isnan(ours.loc["RepViT-M0.9", "top1"])
+        assert ours.loc["RepViT-M0.9", "accuracy"] == "none"
+    assert len(latency_accuracy(spec, spec.expand("full"), results, "full", tmp_path / "out")) == 2
+
+
+@pytest.mark.slow
+def test_latency_table_renders_through_the_runner(tmp_path):
+    out = tmp_path / "tables"
+    argv = ["--table", "latency", "--cluster", "local", "--profile", "smoke", "--only", "repnext_m0",
+            "--results", str(tmp_path / "results"), "--tables-dir", str(out), "--no-progress"]
+    assert main(argv) == 0
+    run = load_spec("latency").expand("smoke", only="repnext_m0")[0]
+    record = read_json(run.folder(tmp_path / "results") / "record.json")
+    assert record["status"] == "complete" and (run.folder(tmp_path / "results") / "run.ipynb").is_file()
+    md = (out / "latency.md").read_text()
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+            for line in md.splitlines() if line.startswith("| Rep") or line.startswith("| Conv")}
+    header = [c.strip() for c in md.splitlines()[2].split("|")[2:-1]]
+    m0 = dict(zip(header, rows["RepNeXt-M0"]))
+    cpu = record["cpu"]["forms"]
+    assert (m0["Latency, fused (ms) paper"], m0["Latency, fused (ms) ours"], m0["Latency, fused (ms) Δ"]) == (
+        "0.59", f"{cpu['full']['latency_ms']:.2f}", "—")
+    assert (m0["Latency, single-branch (ms) paper"], m0["Latency, single-branch (ms) ours"]) == (
+        "0.62", f"{cpu['single_branch']['latency_ms']:.2f}")
+    assert m0["CPU throughput, fused (img/s) ours"] == f"{cpu['full']['throughput_img_s']:.0f}"
+    assert m0["Backbone 512x512 (ms) ours"] == "—"  # M0 is no detection backbone in the papers
+    m3 = dict(zip(header, rows["RepNeXt-M3"]))
+    assert (m3["Backbone 512x512 (ms) paper"], m3["Latency, fused (ms) ours"]) == ("5.1", "—")  # not run yet
+    assert dict(zip(header, rows["RepViT-M1.5"]))["Latency, fused (ms) paper"] == "—"
+    assert "(CPU), batch 16, full form, channels_last" in md
+    assert (out / "latency.tex").read_text().count("RepNeXt-M0") == 1
+    assert all((out / f"latency_accuracy.{ext}").stat().st_size > 10_000 for ext in ("png", "pdf"))
