@@ -35,7 +35,7 @@ test-fast: env  ## the inner loop: skips tests marked slow
 CLUSTER ?= local
 PROFILE ?= smoke
 # the tables whose smoke runs fit the 20-minute budget so far; TABLES=all runs every spec in ablations/specs/
-TABLES ?= downsample
+TABLES ?= downsample,equivalence,latency
 
 paper_tables: env models  ## every table through the ablation runner (cached runs are not redone)
 	@start=$$(date +%s); $(BIN)/python ablations/run.py --table $(TABLES) --cluster $(CLUSTER) --profile $(PROFILE); \

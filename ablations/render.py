@@ -120,7 +120,8 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
         index.append(spec.label(group[0]))
     frame = pd.DataFrame(rows, index=pd.Index(index, name="Model"))
     # quantities the paper does not report get only the "ours" column
-    unreported = [c for c in frame.columns if c[1] in ("paper", "Δ") and (frame[(c[0], "paper")] == MISSING).all()]
+    unreported = [c for c in frame.columns if (c[1] in ("paper", "Δ") and (frame[(c[0], "paper")] == MISSING).all())
+                  or (c[1] == "Δ" and (frame[c] == MISSING).all())]  # and deltas that exist nowhere
     frame = frame.drop(columns=unreported)
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
     return frame

@@ -51,7 +51,7 @@ class Column:
     reference: str       # "" when the paper does not report it
     where: dict = field(default_factory=dict)
     header: str | None = None
-    reference_table: str | None = None  # None: the spec's
+    reference_table: str | list[str] | None = None  # None: the spec's; a list: the first holding the row
     reference_model: str | None = None  # a template on the row's model, e.g. "{model}e"; None: the model
 
 
@@ -60,7 +60,7 @@ class TableSpec:
     name: str
     title: str
     notebook: str
-    reference: str
+    reference: str | list[str]  # table(s) of reference.csv; a list: the first holding the row's model
     columns: tuple[Column, ...]
     grid: dict
     rows: tuple[str, ...] = ("model",)  # the paper fields that make a row; the others spread over columns

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -61,8 +62,15 @@ def load_reference() -> tuple[PaperValue, ...]:
         )
 
 
-def paper_values(table: str | None = None, model: str | None = None, metric: str | None = None
+def paper_values(table: str | Sequence[str] | None = None, model: str | None = None, metric: str | None = None
                  ) -> list[PaperValue]:
+    """Values by table (one name, or several: the first table holding the model/metric wins), model, metric."""
+    if table is not None and not isinstance(table, str):
+        for name in table:
+            found = paper_values(name, model, metric)
+            if found:
+                return found
+        return []
     return [
         v for v in load_reference()
         if (table is None or v.table == table) and (model is None or v.model == model)

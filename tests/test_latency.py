@@ -1,5 +1,4 @@
 """The latency table: repnext.latency.measure_cell, the spec, the rendered table and Figure 1."""
-import math
 import sys
 
 import pytest
@@ -150,16 +149,21 @@ def test_spec_rows_and_their_paper_values(spec):
     assert paper_value("imagenet", "repnext_m4", "latency_ms").text == "1.48"
     assert [paper_value("detection", f"repnext_m{i}", "latency_ms_512").value for i in (3, 4, 5)] == [5.1, 6.6, 10.4]
     assert paper_value("imagenet_starnet", "repnext_m0e", "latency_ms").text == "0.62"  # the single-branch column
-    assert {c.metric: c.reference_table for c in spec.columns}["backbone_latency_ms"] == "detection"
+    assert {c.metric: c.reference_table for c in spec.columns}["backbone_latency_ms"] == ["detection", "repvit"]
+    assert paper_value("repvit", "repvit_m1_5", "latency_ms_512").value == 6.4  # the RepViT paper's backbones
     assert spec.parameters["coreml"] == {"smoke": False, "full": True}
 
 
 def test_figure_on_an_empty_store_draws_the_papers_points(spec, tmp_path):
     runs = spec.expand("smoke")
     frame = latency_accuracy_frame(spec, runs, tmp_path / "results", "smoke")
-    assert set(frame["panel"]) == {"paper"} and list(frame["model"]) == [f"RepNeXt-M{i}" for i in range(6)]
-    assert list(frame["latency_ms"]) == [0.59, 0.86, 1.00, 1.11, 1.48, 2.20]
-    assert list(frame["top1"]) == [74.2, 78.8, 80.1, 80.7, 82.3, 83.3]  # the distilled top-1
+    assert set(frame["panel"]) == {"paper"}
+    repnext = frame[frame["family"] == "RepNeXt"]
+    assert list(repnext["model"]) == [f"RepNeXt-M{i}" for i in range(6)]
+    assert list(repnext["latency_ms"]) == [0.59, 0.86, 1.00, 1.11, 1.48, 2.20]
+    assert list(repnext["top1"]) == [74.2, 78.8, 80.1, 80.7, 82.3, 83.3]  # the distilled top-1
+    repvit = frame[frame["family"] == "RepViT"].set_index("model")  # from the RepViT paper
+    assert repvit.loc["RepViT-M1.0", ["latency_ms", "top1"]].tolist() == [1.0, 80.0]
     paths = latency_accuracy(spec, runs, tmp_path / "results", "smoke", tmp_path / "out")
     assert [p.name for p in paths] == ["latency_accuracy.png", "latency_accuracy.pdf"]
     assert all(p.stat().st_size > 10_000 for p in paths)
@@ -179,9 +183,8 @@ def test_figure_takes_our_top1_from_the_imagenet_table_only_when_trained_on_imag
         frame = latency_accuracy_frame(spec, spec.expand(profile), results, profile)
         ours = frame[frame["panel"] == "ours"].set_index("model")
         assert ours.loc["RepNeXt-M0", ["latency_ms", "top1", "accuracy"]].tolist() == [12.5, top1, accuracy]
-        # a baseline without any top-1 keeps its latency and is not placed on the accuracy axis
-        assert ours.loc["RepViT-M0.9", "latency_ms"] == 12.5 and math.isnan(ours.loc["RepViT-M0.9", "top1"])
-        assert ours.loc["RepViT-M0.9", "accuracy"] == "none"
+        # a baseline takes the RepViT paper's top-1 (distilled, 300 epochs) beside our latency
+        assert ours.loc["RepViT-M0.9", ["latency_ms", "top1"]].tolist() == [12.5, 78.7]
     assert len(latency_accuracy(spec, spec.expand("full"), results, "full", tmp_path / "out")) == 2
 
 
