@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ablations import PAPER_TABLES
 from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_profile, make_executor
-from ablations.render import render_table
+from ablations.render import index_entry, render_index, render_table
 from ablations.runner import execute, failure_report, pending_runs
 from ablations.spec import SpecError, available_tables, load_spec
 from repnext.profiles import PROFILES, get_profile
@@ -138,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
                 status = 1
         for path in render_table(spec, runs, results, args.profile, args.tables_dir):
             print(f"wrote {path}")
+    if not args.dry_run and args.table == "all":
+        # the index covers every table, rendered now or before (what it says of each comes from the store)
+        entries = [index_entry(spec, spec.expand(args.profile), results, args.profile, args.tables_dir)
+                   for spec in map(load_spec, available_tables())]
+        print(f"wrote {render_index(entries, args.profile, args.tables_dir)}")
     return status
 
 
@@ -145,7 +150,7 @@ def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per
     for run in runs:
         s = run.config.resolve()
         state = "todo" if run in todo else "skipped" if run in pending else "complete"
-        print(f"  {state:<9}{run.run_id:<34}{spec.label(run):<32}recipe={s.recipe.name} data={s.data} "
+        print(f"  {state:<9}{run.run_id:<34}{spec.label(run):<32} recipe={s.recipe.name} data={s.data} "
               f"epochs={s.recipe.epochs} batch={s.batch_size} lr={s.lr:.3g} img={s.img_size} "
               f"distill={run.config.distillation}")
     with tempfile.TemporaryDirectory() as folder:  # a dry run leaves nothing behind

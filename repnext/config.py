@@ -53,6 +53,8 @@ class RunConfig:
             cooldown = recipe.epochs - recipe.sched_epochs
             sched = self.epochs - cooldown if self.epochs > cooldown else self.epochs
             recipe = recipe.replace(epochs=self.epochs, sched_epochs=sched)
+        if recipe.warmup_epochs >= recipe.epochs:  # a run no longer than its warmup would never leave it
+            recipe = recipe.replace(warmup_epochs=recipe.epochs - 1)
         batch = self.batch_size or recipe.total_batch(self.distillation)
         if batch % 2:
             raise ValueError(f"batch size must be even (mixup pairs samples), got {batch}")

@@ -252,11 +252,13 @@ def build_teacher(s: Settings, splits: DataSplits, output: Path, device: torch.d
         if not path.is_file():
             raise TrainingError(f"teacher checkpoint {path} does not exist")
     elif s.profile.teacher_epochs:
-        # a small teacher trained here, by this engine, on the same data (cached in the run folder)
+        # a small teacher trained here, by this engine, on the same data; it does not depend on the student,
+        # so the runs beside this one (a table's folder) share it: trained once, then resumed as complete
         teacher_cfg = dataclasses.replace(
             s.config, model=name, distillation=False, epochs=s.profile.teacher_epochs, teacher_checkpoint=None)
-        train(teacher_cfg, output / "teacher", progress=progress)
-        path = output / "teacher" / "checkpoint.pth"
+        folder = output.parent / ".teachers" / teacher_cfg.run_id
+        train(teacher_cfg, folder, progress=progress)
+        path = folder / "checkpoint.pth"
     else:
         raise TrainingError(f"distillation with the {s.profile.name} profile needs --teacher-checkpoint "
                             f"(weights of {name}, e.g. DeiT's regnety_160-a5fe301d.pth)")

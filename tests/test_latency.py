@@ -203,8 +203,10 @@ def test_latency_table_renders_through_the_runner(tmp_path):
     header = [c.strip() for c in md.splitlines()[2].split("|")[2:-1]]
     m0 = dict(zip(header, rows["RepNeXt-M0"]))
     cpu = record["cpu"]["forms"]
-    assert (m0["Latency, fused (ms) paper"], m0["Latency, fused (ms) ours"], m0["Latency, fused (ms) Δ"]) == (
-        "0.59", f"{cpu['full']['latency_ms']:.2f}", "—")
+    assert (m0["Latency, fused (ms) paper"], m0["Latency, fused (ms) ours"]) == (
+        "0.59", f"{cpu['full']['latency_ms']:.2f}")
+    # timings on other hardware than the paper's get no delta column at all
+    assert not [h for h in header if h.startswith("Latency") and h.endswith("Δ")]
     assert (m0["Latency, single-branch (ms) paper"], m0["Latency, single-branch (ms) ours"]) == (
         "0.62", f"{cpu['single_branch']['latency_ms']:.2f}")
     assert m0["CPU throughput, fused (img/s) ours"] == f"{cpu['full']['throughput_img_s']:.0f}"

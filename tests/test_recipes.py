@@ -61,7 +61,7 @@ def test_ablation_epochs_override_keeps_the_schedule_whole():
 
 def test_smoke_profile_scales_the_same_recipe():
     s = RunConfig(model="repnext_m0").resolve()
-    assert (s.img_size, s.batch_size, s.recipe.epochs, s.data) == (32, 32, SMOKE.epochs, "digits")
+    assert (s.img_size, s.batch_size, s.recipe.epochs, s.data) == (32, SMOKE.batch_size, SMOKE.epochs, "digits")
     assert s.recipe.mixup == get_recipe("repvit").mixup  # augmentation as in the paper
     starnet = RunConfig(model="repnext_m0", recipe="starnet").resolve().recipe
     assert starnet.epochs - starnet.sched_epochs == 1  # the cooldown survives, scaled

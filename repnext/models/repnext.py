@@ -8,7 +8,8 @@ released checkpoints load as they are (``pretrained_cfg_overlay=dict(file=PATH)`
 
 Besides the multi-branch RepNeXt-M0..M5 this file holds their single-branch "E" forms (M0E..M5E: one
 11x11 depthwise mixer per block, one 7x7 stride-2 depthwise conv with channel multiplier 2 per downsample,
-trained in that form). Every model reparameterizes for inference with ``model.fuse(mode)`` or
+trained in that form) and the SRP ablation's ``repnext_m1_nosrp`` (plain depthwise convs in place of the
+multi-branch ones). Every model reparameterizes for inference with ``model.fuse(mode)`` or
 ``timm.utils.reparameterize_model(model)``; the folds live in ``repnext.reparam``.
 
 @misc{zhao2024repnext,
@@ -145,16 +146,20 @@ class RepDWConvM(RepDWConv):
 
 
 class ChunkConv(nn.Module):
-    """Block token mixer: four channel chunks through identity | S | M | 1x11 -> 11x1, concatenated."""
+    """Block token mixer: four channel chunks through identity | S | M | 1x11 -> 11x1, concatenated.
 
-    def __init__(self, dim: int):
+    ``srp=False`` (the SRP ablation) makes S and M plain 3x3 and 7x7 depthwise convs: the inference form is
+    the same network, only the training-time branches are gone.
+    """
+
+    def __init__(self, dim: int, srp: bool = True):
         super().__init__()
         if dim % 4:
             raise ValueError(f"ChunkConv needs a channel count divisible by 4, got {dim}")
         chunk = dim // 4
         self.conv_i = nn.Identity()
-        self.conv_s = RepDWConvS(chunk)
-        self.conv_m = RepDWConvM(chunk)
+        self.conv_s = RepDWConvS(chunk) if srp else dw_conv(chunk, (3, 3))
+        self.conv_m = RepDWConvM(chunk) if srp else dw_conv(chunk, (7, 7))
         self.conv_l = nn.Sequential(dw_conv(chunk, (1, 11)), dw_conv(chunk, (11, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -170,10 +175,10 @@ class ChunkConv(nn.Module):
 class CopyConv(nn.Module):
     """Downsample token mixer: S and M (stride 2) each see all channels; outputs concatenated (C -> 2C)."""
 
-    def __init__(self, dim: int, stride: int = 2):
+    def __init__(self, dim: int, stride: int = 2, srp: bool = True):
         super().__init__()
-        self.conv_s = RepDWConvS(dim, stride)
-        self.conv_m = RepDWConvM(dim, stride)
+        self.conv_s = RepDWConvS(dim, stride) if srp else dw_conv(dim, (3, 3), stride)
+        self.conv_m = RepDWConvM(dim, stride) if srp else dw_conv(dim, (7, 7), stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat((self.conv_s(x), self.conv_m(x)), dim=1)
@@ -192,9 +197,9 @@ def channel_mixer(dim: int, mlp_ratio: float) -> nn.Sequential:
 class MetaNeXtBlock(nn.Module):
     """``x + channel_mixer(norm(token_mixer(x)))``."""
 
-    def __init__(self, dim: int, mlp_ratio: float = 2.0, single_branch: bool = False):
+    def __init__(self, dim: int, mlp_ratio: float = 2.0, single_branch: bool = False, srp: bool = True):
         super().__init__()
-        self.token_mixer = dw_conv(dim, (11, 11)) if single_branch else ChunkConv(dim)
+        self.token_mixer = dw_conv(dim, (11, 11)) if single_branch else ChunkConv(dim, srp)
         self.norm = nn.BatchNorm2d(dim)
         self.channel_mixer = channel_mixer(dim, mlp_ratio)
 
@@ -214,12 +219,13 @@ class Downsample(nn.Module):
     """``y = norm(token_mixer(x)); y + channel_mixer(y)``: the shortcut skips only the channel mixer, so the
     norm folds into the token mixer's kernels."""
 
-    def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 2.0, single_branch: bool = False):
+    def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 2.0, single_branch: bool = False,
+                 srp: bool = True):
         super().__init__()
         if out_dim != 2 * dim:
             raise ValueError(f"RepNeXt downsampling doubles the channels, got {dim} -> {out_dim}")
         self.token_mixer = (
-            dw_conv(dim, (7, 7), 2, out_dim=out_dim) if single_branch else CopyConv(dim)
+            dw_conv(dim, (7, 7), 2, out_dim=out_dim) if single_branch else CopyConv(dim, srp=srp)
         )
         self.norm = nn.BatchNorm2d(out_dim)
         self.channel_mixer = channel_mixer(out_dim, mlp_ratio)
@@ -307,14 +313,15 @@ class RepNeXtStage(nn.Module):
             mlp_ratio: float = 2.0,
             downsample: bool = True,
             single_branch: bool = False,
+            srp: bool = True,
     ):
         super().__init__()
         if downsample:
-            self.downsample = Downsample(in_dim, out_dim, mlp_ratio, single_branch)
+            self.downsample = Downsample(in_dim, out_dim, mlp_ratio, single_branch, srp)
         else:
             assert in_dim == out_dim
             self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(*[MetaNeXtBlock(out_dim, mlp_ratio, single_branch) for _ in range(depth)])
+        self.blocks = nn.Sequential(*[MetaNeXtBlock(out_dim, mlp_ratio, single_branch, srp) for _ in range(depth)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
@@ -332,6 +339,7 @@ class RepNeXt(nn.Module):
             mlp_ratio: float = 2.0,
             global_pool: str = "avg",
             single_branch: bool = False,
+            srp: bool = True,
             distillation: bool = False,
             drop_rate: float = 0.0,
     ):
@@ -351,7 +359,8 @@ class RepNeXt(nn.Module):
         stages = []
         in_dim = embed_dim[0]
         for i, (dim, n) in enumerate(zip(embed_dim, depth)):
-            stages.append(RepNeXtStage(in_dim, dim, n, mlp_ratio, downsample=i > 0, single_branch=single_branch))
+            stages.append(RepNeXtStage(in_dim, dim, n, mlp_ratio, downsample=i > 0, single_branch=single_branch,
+                                       srp=srp))
             stride *= 2 if i > 0 else 1
             self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
             in_dim = dim
@@ -563,8 +572,9 @@ default_cfgs = generate_default_cfgs({
         f"repnext_m{i}.starnet_dist_300e_in1k": _starnet_cfg(f"repnext_m{i}_sz224_4xbs256_ep300_distill.pth.tar")
         for i in range(3)
     },
-    # the single-branch forms have no released weights
+    # the single-branch forms and the SRP ablation's plain model have no released weights
     **{f"repnext_m{i}e.untrained": _cfg() for i in range(6)},
+    "repnext_m1_nosrp.untrained": _cfg(),
 })
 
 
@@ -578,9 +588,9 @@ _ARCHS = {
 }
 
 
-def _variant(size: str, single_branch: bool, pretrained: bool, kwargs: dict) -> RepNeXt:
-    name = f"repnext_{size}{'e' if single_branch else ''}"
-    model_args = dict(_ARCHS[size], single_branch=single_branch)
+def _variant(size: str, single_branch: bool, pretrained: bool, kwargs: dict, srp: bool = True) -> RepNeXt:
+    name = f"repnext_{size}{'e' if single_branch else ''}{'' if srp else '_nosrp'}"
+    model_args = dict(_ARCHS[size], single_branch=single_branch, srp=srp)
     return _create_repnext(name, pretrained=pretrained, **dict(model_args, **kwargs))
 
 
@@ -642,3 +652,10 @@ def repnext_m4e(pretrained: bool = False, **kwargs) -> RepNeXt:
 @register_model
 def repnext_m5e(pretrained: bool = False, **kwargs) -> RepNeXt:
     return _variant("m5", True, pretrained, kwargs)
+
+
+@register_model
+def repnext_m1_nosrp(pretrained: bool = False, **kwargs) -> RepNeXt:
+    """The SRP ablation: RepNeXt-M1 with plain 3x3 / 7x7 depthwise convs where RepDWConvS / RepDWConvM
+    train several branches; its inference form is RepNeXt-M1's."""
+    return _variant("m1", False, pretrained, kwargs, srp=False)
