@@ -97,6 +97,12 @@ def make_executor(cluster: str, folder: Path, slurm: SlurmProfile | None = None,
         return executor
     if slurm is None:
         raise ClusterError("the slurm cluster needs a profile (slurm/clusters.toml)")
+    executor.update_parameters(**slurm_parameters(slurm, name, max_parallel))
+    return executor
+
+
+def slurm_parameters(slurm: SlurmProfile, name: str = "repnext", max_parallel: int = 256) -> dict:
+    """What submitit's SlurmExecutor is given for a profile (sbatch flags, and the job's setup lines)."""
     params = dict(
         name=name, timeout_min=slurm.timeout_min, nodes=slurm.nodes, tasks_per_node=slurm.tasks_per_node,
         cpus_per_task=slurm.cpus_per_task, slurm_signal_delay_s=slurm.signal_delay_s,
@@ -113,5 +119,4 @@ def make_executor(cluster: str, folder: Path, slurm: SlurmProfile | None = None,
             params[f"slurm_{key}"] = getattr(slurm, key)
     if slurm.sbatch:
         params["slurm_additional_parameters"] = dict(slurm.sbatch)
-    executor.update_parameters(**params)
-    return executor
+    return params

@@ -198,3 +198,44 @@ def latency_accuracy(spec: TableSpec, runs: list[Run], results: Path, profile: s
 
 
 FIGURES["latency_accuracy"] = latency_accuracy
+
+
+def gradcam(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_dir: Path) -> list[Path]:
+    """Figure 3: rows images, columns the input then each model's maps (one column per CAM method), assembled
+    from the runs' ``cams.npz`` (``repnext.cam.run_cell``)."""
+    import numpy as np
+
+    from repnext.cam import CAMS_FILE, cam_grid
+
+    from .render import complete_record
+
+    rgb, names, columns, maps, cells = None, None, [], [], []
+    for run in runs:
+        record = complete_record(run, results)
+        if record is None or "figure" not in record:
+            continue
+        with np.load(run.folder(results) / record["figure"].get("cams", CAMS_FILE)) as data:
+            if rgb is None:
+                rgb, names = data["rgb"], [str(n) for n in data["names"]]
+            elif [str(n) for n in data["names"]] != names:
+                raise ValueError(f"{run.run_id}: its CAM images differ from the other runs' ({CAMS_FILE})")
+            acc = (record.get("accuracy") or {}).get("acc1")
+            desc = f"{record['images']['img_size']} px" + (f", top-1 {acc:.0f}%" if acc is not None else "")
+            for j, method in enumerate(str(m) for m in data["methods"]):
+                columns.append(f"{spec.label(run)}\n{method}, {desc}")
+                maps.append(data["cams"][:, j])
+                cells.append([f"pred: {int(p)}" for p in data["pred"]])
+    if rgb is None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(4, 1.5))
+        ax.text(0.5, 0.5, "no complete runs with maps yet", ha="center", va="center")
+        ax.set_axis_off()
+        return _save(fig, out_dir, spec.name)
+    fig = cam_grid(rgb, np.stack(maps, 1), columns, image_labels=names,
+                   cell_labels=[list(row) for row in zip(*cells)],
+                   title=f"Figure 3: class activation maps (profile {profile})")
+    return _save(fig, out_dir, spec.name)
+
+
+FIGURES["gradcam"] = gradcam

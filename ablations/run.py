@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from ablations import PAPER_TABLES
-from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_profile, make_executor
+from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_profile, make_executor, slurm_parameters
 from ablations.render import index_entry, render_index, render_table
 from ablations.runner import execute, failure_report, pending_runs
 from ablations.spec import SpecError, available_tables, load_spec
@@ -153,10 +153,13 @@ def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per
         print(f"  {state:<9}{run.run_id:<34}{spec.label(run):<32} recipe={s.recipe.name} data={s.data} "
               f"epochs={s.recipe.epochs} batch={s.batch_size} lr={s.lr:.3g} img={s.img_size} "
               f"distill={run.config.distillation}")
-    with tempfile.TemporaryDirectory() as folder:  # a dry run leaves nothing behind
-        executor = make_executor(args.cluster, Path(folder), slurm, max_parallel, tasks_per_node,
-                                 name=f"repnext-{spec.name}")
-        params = getattr(executor._executor, "parameters", {})  # what sbatch / the local runner is given
+    if slurm is not None:  # what sbatch would be given; no SLURM client needed to see it
+        params = slurm_parameters(slurm, f"repnext-{spec.name}", max_parallel)
+    else:
+        with tempfile.TemporaryDirectory() as folder:  # a dry run leaves nothing behind
+            executor = make_executor(args.cluster, Path(folder), slurm, max_parallel, tasks_per_node,
+                                     name=f"repnext-{spec.name}")
+            params = getattr(executor._executor, "parameters", {})  # what the local runner is given
     print(f"  executor {args.cluster}: max_parallel={max_parallel} " +
           " ".join(f"{k}={v}" for k, v in sorted(params.items())))
 

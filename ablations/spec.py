@@ -15,7 +15,7 @@ from pathlib import Path
 import tomllib
 
 from repnext.config import RunConfig
-from repnext.profiles import get_profile
+from repnext.profiles import PROFILES, get_profile
 from repnext.recipes import get_recipe
 
 from . import NOTEBOOKS, SPECS
@@ -77,8 +77,11 @@ class TableSpec:
         """The table's runs under ``profile``, in grid order; ``only``: a glob on model name or run id."""
         prof = get_profile(profile)
         keys = list(self.grid)
+        # a field may list its values per profile ({smoke = [...], full = [...]}): e.g. the gradcam figure
+        # shows a model trained here in smoke and the paper's released models in full
+        axes = [self.grid[k][profile] if isinstance(self.grid[k], dict) else self.grid[k] for k in keys]
         runs = []
-        for values in itertools.product(*(self.grid[k] for k in keys)):
+        for values in itertools.product(*axes):
             paper = dict(zip(keys, values))
             cell = dict(paper, profile=profile)
             if "data" in cell:
@@ -123,6 +126,10 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
     except TypeError as e:
         raise SpecError(f"{path}: bad [[columns]] entry ({e}); keys: metric, reference, where, header, "
                         "reference_table") from None
+    for key, values in grid.items():
+        if isinstance(values, dict) and set(values) != set(PROFILES):
+            raise SpecError(f"{path}: grid field {key!r} lists values for {sorted(values)}; a per-profile field "
+                            f"needs every profile: {sorted(PROFILES)}")
     rows = tuple(data.get("rows", ("model",)))
     if set(rows) - set(grid):
         raise SpecError(f"{path}: rows {sorted(set(rows) - set(grid))} are not grid fields")

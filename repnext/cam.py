@@ -443,3 +443,120 @@ def save_figure(fig: Figure, output: str | Path, name: str = "gradcam", dpi: int
     for path in paths:
         fig.savefig(path, dpi=dpi)
     return paths
+
+
+# --- the gradcam table (ablations/specs/gradcam.toml): one run per model ---------------------------------
+
+INK_THRESHOLD = 0.25  # a digit's pixels: mean RGB above this (white ink on black; about half of a 32-px digit)
+CAMS_FILE = "cams.npz"  # per run: the figure rows' images and maps, which ablations/figures.py assembles
+
+
+def _mass(mask: np.ndarray, maps: np.ndarray) -> dict | None:
+    """Share of the maps' total mass on the mask and off it, and per pixel on / off (None: all maps empty)."""
+    if maps.sum() <= 0:
+        return None
+    on, area = cam_mass_on(mask, maps), float(mask.mean())
+    return {"mass_on_digit": on, "mass_on_background": 1.0 - on, "digit_area": area,
+            "per_pixel_ratio": (on / area) / max((1.0 - on) / (1.0 - area), 1e-12)}
+
+
+def _cell_weights(config, output: Path, checkpoints: dict, recipe: str, epochs: int) -> tuple[str | Path, dict]:
+    """What the cell explains: a run trained here on the profile's data (the profile substitutes data), or the
+    checkpoint file the spec's ``checkpoints`` names (the paper's ImageNet weights; nothing is downloaded)."""
+    from .config import RunConfig
+    from .profiles import get_profile
+    from .train import train
+
+    name = config.model
+    if not get_profile(config.profile).substitute_data:
+        path = (checkpoints or {}).get(name)
+        if not path:
+            raise ValueError(f"gradcam ({config.profile} profile): no checkpoint for {name}: set "
+                             f"[parameters] checkpoints.{name} in ablations/specs/gradcam.toml to its weights file")
+        if not Path(path).expanduser().is_file():
+            raise ValueError(f"gradcam ({config.profile} profile): checkpoints.{name} = {str(path)!r}: no such file")
+        return Path(path).expanduser(), {"source": "checkpoint", "checkpoint": str(path)}
+    run = output / "train"
+    trained = RunConfig(model=name, recipe=recipe, profile=config.profile, epochs=epochs, seed=config.seed,
+                        data_root=config.data_root, workers=config.workers, device=config.device)
+    record = train(trained, run, progress=False)
+    # the top-level keys the table's provenance line reads (ablations/render.py), as a training record has them
+    return run, {"source": "trained", **{k: record[k] for k in ("recipe", "data", "data_description", "epochs")},
+                 "training": {
+        "folder": "train", "run_id": trained.run_id, "recipe": recipe, "epochs": record["epochs"],
+        "data": record["data"], "img_size": record["img_size"], "final": record["final"], "best": record["best"]}}
+
+
+def run_cell(config: dict, output: str | Path, checkpoints: dict | None = None,
+             images: str = "digits", n_images: int | None = 100, figure_images: int = 10,
+             methods: Sequence[str] = ("gradcam", "gradcam++"), recipe: str = "starnet", epochs: int = 3,
+             img_size: int | None = None, stage: int | str = "auto", seed: int = 0) -> dict:
+    """One model of the gradcam table (the paper's Figure 3) as a run of the results store; its record.
+
+    A profile that substitutes data (smoke) trains the model here (``recipe``, ``epochs``) into
+    ``output/train``; full reads ``checkpoints[model]``. Then CAMs of each method on ``n_images`` held-out
+    images: on the digits, the share of their mass on the digit's pixels (mean RGB > ``INK_THRESHOLD``) against
+    the background, over the images the model classifies right, beside a randomly initialised copy's. The
+    first ``figure_images`` go to ``output/cams.npz`` and ``output/gradcam.{png,pdf}``. Any parameter may be a
+    ``{profile: value}`` dict.
+    """
+    from .config import RunConfig
+    from .profiles import for_profile, get_profile
+    from .results import write_json
+
+    config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
+    profile, output = config.profile, Path(output)
+    checkpoints, images, n_images, figure_images, methods, recipe, epochs, img_size, stage = (
+        for_profile(v, profile) for v in (checkpoints, images, n_images, figure_images, methods, recipe,
+                                          epochs, img_size, stage))
+    paths = RunPaths(output)
+    base = {"status": "complete", "run_id": config.run_id, "model": config.model, "profile": profile}
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown CAM method(s) {unknown}; expected some of {', '.join(METHODS)}")
+    weights, origin = _cell_weights(config, output, checkpoints or {}, recipe, epochs)
+    model, label = load_weights(config.model, weights)
+    size = img_size or get_profile(profile).img_size
+    imgs = load_images(images, size, n=n_images, **image_config(model))
+    index = _pick_stage(model, stage_shapes(model, size)) if stage == "auto" else stage
+    pred = predictions([model], imgs)[:, 0]
+    digits = images == "digits"
+    record = {**base, **origin, "label": label, "num_classes": model.num_classes,
+              "images": {"source": str(images), "n": len(imgs.names), "img_size": size, "stage": index,
+                         "map": list(stage_shapes(model, size)[index][-2:])},
+              "methods": list(methods), "cam": {}}
+    if digits:
+        truth = np.array([int(name.split()[1]) for name in imgs.names])
+        right = pred == truth
+        record["accuracy"] = {"acc1": 100.0 * float(right.mean()), "n": len(right)}
+        mask = imgs.rgb.mean(-1) > INK_THRESHOLD
+        torch.manual_seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the baseline is random on purpose
+            random_model = load_weights(config.model, None, num_classes=model.num_classes)[0]
+    k = min(figure_images, len(imgs.names))
+    figure_maps = {}
+    for method in methods:
+        entry = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # empty maps of the random baseline are expected
+            maps = compute_cams([model], imgs, method, stage=index)[:, 0]
+            if digits:
+                entry = {"images": int(right.sum()), "trained": _mass(mask[right], maps[right]),
+                         "random": _mass(mask[right], compute_cams([random_model], imgs.tensor[right], method,
+                                                                  stage=index)[:, 0])}
+        record["cam"][method] = entry
+        figure_maps[method] = maps[:k]
+    np.savez_compressed(output / CAMS_FILE, rgb=imgs.rgb[:k], names=np.array(imgs.names[:k]),
+                        pred=pred[:k], methods=np.array(list(methods)),
+                        cams=np.stack([figure_maps[m] for m in methods], 1))
+    cells = [[f"pred: {int(c)}"] * len(methods) for c in pred[:k]]
+    grid = "x".join(map(str, record["images"]["map"]))
+    fig = cam_grid(imgs.rgb[:k], np.stack([figure_maps[m] for m in methods], 1), [f"{label}\n{m}" for m in methods],
+                   image_labels=imgs.names[:k], cell_labels=cells,
+                   title=f"{config.model}: stage {index} ({grid} map), {size} px")
+    png = output / "gradcam.png"  # the run's own view; the table's figure (PNG and PDF) assembles the runs
+    fig.savefig(png, dpi=100)
+    record.update(img_size=size, figure={"png": png.name, "cams": CAMS_FILE})
+    write_json(paths.record, record)
+    return record

@@ -31,16 +31,12 @@ import torch
 
 from .bench import build_form, forms_of, make_step, run, timed
 from .config import RunConfig
+from .profiles import for_profile
 from .results import RunPaths, write_json
 from .train import Dist, cpu_name, environment
 
 REPNEXT_FORMS = ("train", "full", "single_branch")
 BACKBONE_MODELS = ("repnext_m3", "repnext_m4", "repnext_m5", "repvit_m1_1", "repvit_m1_5", "repvit_m2_3")
-
-
-def for_profile(value, profile: str):
-    """``value[profile]`` for a per-profile dict, else ``value``."""
-    return value[profile] if isinstance(value, dict) else value
 
 
 def cpu_forms(name: str) -> tuple[str, ...]:

@@ -78,3 +78,14 @@ def get_profile(name: str) -> Profile:
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
     return PROFILES[name]
+
+
+def for_profile(value, profile: str):
+    """``value[profile]`` for a per-profile value (a dict whose keys are profile names, as a table spec's
+    ``{smoke = 2, full = 20}``), else ``value`` itself (other dicts too: e.g. ``{model: checkpoint}``)."""
+    if isinstance(value, dict) and value and set(value) <= set(PROFILES):
+        if profile not in value:
+            raise ValueError(f"no value for profile {profile!r} in {value!r}; give one per profile "
+                             f"({', '.join(PROFILES)})")
+        return value[profile]
+    return value

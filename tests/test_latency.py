@@ -10,7 +10,8 @@ from ablations.render import METRICS
 from ablations.run import main
 from ablations.spec import load_spec
 from repnext.config import RunConfig
-from repnext.latency import cpu_forms, for_profile, fused_form, gpu_throughput, largest_batch, measure_cell
+from repnext.latency import cpu_forms, fused_form, gpu_throughput, largest_batch, measure_cell
+from repnext.profiles import for_profile
 from repnext.reference import paper_value
 from repnext.results import read_json, write_json
 

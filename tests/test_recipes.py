@@ -89,3 +89,11 @@ def test_recipe_table_lists_every_field():
     table = recipe_table()
     assert "| base_lr | 0.001 | 0.003 |" in table
     assert "| cutmix | 1.0 | 0.2 |" in table
+
+
+def test_a_run_no_longer_than_its_warmup_skips_it():
+    # smoke scales 120 epochs to 1: a warmup epoch would be the whole run, at the warmup lr
+    one = RunConfig(model="repnext_m0", epochs=1).resolve().recipe
+    assert (one.epochs, one.warmup_epochs) == (1, 0)
+    assert RunConfig(model="repnext_m0", epochs=2).resolve().recipe.warmup_epochs == 1
+    assert RunConfig(model="repnext_m0", profile="full").resolve().recipe.warmup_epochs == 5

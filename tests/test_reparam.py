@@ -156,3 +156,18 @@ def test_fuse_picks_the_memory_format_and_says_so():
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), plain(x), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", EXACT_MODES)
+def test_plain_mixer_ablation_fuses_exactly_into_repnext_m1s_inference_form(mode):
+    """repnext_m1_nosrp (the SRP ablation) trains plain 3x3 / 7x7 depthwise convs where RepNeXt-M1 trains
+    branches; fused, the two are the same network: same module types, same parameter shapes."""
+    plain = randomize_bn(timm.create_model("repnext_m1_nosrp")).eval()
+    assert not [m for m in plain.modules() if isinstance(m, (RepDWConvS, RepDWConvM))]
+    assert isinstance(plain.stages[1].blocks[0].token_mixer.conv_s, nn.Conv2d)
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        fused = plain.fuse(mode)
+        assert (fused(x) - plain(x)).abs().max().item() <= TOL
+    shapes = lambda m: [tuple(p.shape) for p in m.parameters()]  # noqa: E731
+    assert shapes(fused) == shapes(timm.create_model("repnext_m1").eval().fuse(mode))

@@ -5,10 +5,12 @@ from pathlib import Path
 
 import pytest
 
-from ablations.render import table_frame
+from ablations.render import index_entry, render_index, table_frame
 from ablations.run import main
 from ablations.spec import load_spec
 from repnext import logs
+from repnext.experiment import PAPER_NUM_CLASSES
+from repnext.results import write_json
 
 LOGS = Path(__file__).parent / "data" / "official_logs"
 
@@ -19,6 +21,7 @@ LOGS = Path(__file__).parent / "data" / "official_logs"
     ("imagenet_starnet", {("310", "1024", "0.003", "True"): 6, ("310", "2048", "0.003", "False"): 6}),
     ("compact", {(e, "2048", "0.004", "False"): 6 for e in ("100", "200", "300", "400")}),
     ("downsample", {("120", "2048", "0.004", "False"): 3}),
+    ("srp", {("120", "2048", "0.004", "False"): 2}),
 ])
 def test_full_dry_run_lists_the_papers_runs(table, expected, tmp_path, capsys):
     assert main(["--table", table, "--profile", "full", "--cluster", "slurm", "--dry-run",
@@ -88,3 +91,41 @@ def test_equivalence_table_shows_float32_rounding_for_every_exact_form(tmp_path)
     assert (row[("E model params (M)", "ours")], row[("E model params (M)", "Δ")]) == ("2.5", "+0.0")
     assert row[("Params (M)", "ours")] == "2.3" and row[("GMACs", "ours")] == "0.4"
     assert "Naive single-branch" in (tables / "equivalence.md").read_text()
+
+
+def test_a_smoke_run_shared_by_two_datasets_fills_each_cell_with_its_own_counts(tmp_path):
+    """Smoke trains CIFAR-100 and ImageNet cells on the digits: one run, two class counts in the table."""
+    spec = load_spec("compact")
+    runs = spec.expand("smoke")
+    m0 = [r for r in runs if r.config.model == "repnext_m0" and r.paper["epochs"] == 100]
+    assert len(m0) == 2 and m0[0].run_id == m0[1].run_id and {r.paper["data"] for r in m0} == set(PAPER_NUM_CLASSES)
+    settings = {data: {"fused_params": 2_039_000 if n == 100 else 2_328_000, "macs": 388_000_000, "train_params": 1,
+                       "fuse_mode": "full", "img_size": 224, "num_classes": n} for data, n in PAPER_NUM_CLASSES.items()}
+    write_json(m0[0].folder(tmp_path) / "record.json", {
+        "status": "complete", "best": {"acc1": 90.0, "acc5": 99.0}, "paper_setting": settings["cifar100"],
+        "paper_settings": settings, "source": "trained"})
+    row = table_frame(spec, runs, tmp_path).loc["RepNeXt-M0"]
+    assert (row[("CIFAR-100 params (M)", "ours")], row[("CIFAR-100 params (M)", "Δ")]) == ("2.0", "+0.0")
+    assert (row[("ImageNet params (M)", "ours")], row[("ImageNet params (M)", "Δ")]) == ("2.3", "+0.0")
+    assert row[("CIFAR-100 100e (%)", "ours")] == row[("ImageNet 100e (%)", "ours")] == "90.00"
+
+
+def test_index_links_rendered_tables_and_states_their_scale(imported, tmp_path):
+    assert main(["--table", "imagenet", "--profile", "full", "--render-only", "--results", str(imported),
+                 "--tables-dir", str(tmp_path)]) == 0
+    spec = load_spec("imagenet")
+    entry = index_entry(spec, spec.expand("full"), imported, "full", tmp_path)
+    assert "[imagenet.md](imagenet.md), [imagenet.tex](imagenet.tex)" in entry
+    assert "2 of 12 runs complete" in entry and "- 2 run(s) imported from logs" in entry
+    srp = load_spec("srp")
+    text = render_index([entry, index_entry(srp, srp.expand("full"), imported, "full", tmp_path)], "full",
+                        tmp_path).read_text()
+    assert text.startswith("# Paper tables") and "0 of 2 runs complete" in text and "not rendered yet" in text
+
+
+def test_render_all_writes_the_index(imported, tmp_path):
+    assert main(["--table", "all", "--profile", "full", "--render-only", "--results", str(imported),
+                 "--tables-dir", str(tmp_path)]) == 0
+    index = (tmp_path / "README.md").read_text()
+    for table in ("imagenet", "imagenet_starnet", "compact", "equivalence", "srp", "downsample", "latency"):
+        assert f"[{table}.md]({table}.md)" in index
