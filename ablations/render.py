@@ -29,12 +29,13 @@ class Metric:
     value: Callable[[dict], float]
     decimals: int = 2  # where the paper printed no value to take the precision from
     comparable: bool = True  # False: a delta to the paper's value means nothing (measured on other hardware)
+    trained: bool = False  # a result of training: comparable only when the run trained on the paper's dataset
     fmt: str | None = None  # format where the paper has no value (default: ``decimals`` fixed-point)
 
 
 METRICS = {
-    "top1": Metric("Top-1 (%)", lambda r: r["best"]["acc1"]),
-    "top5": Metric("Top-5 (%)", lambda r: r["best"]["acc5"]),
+    "top1": Metric("Top-1 (%)", lambda r: r["best"]["acc1"], trained=True),
+    "top5": Metric("Top-5 (%)", lambda r: r["best"]["acc5"], trained=True),
     "params_m": Metric("Params (M)", lambda r: r["paper_setting"]["fused_params"] / 1e6),
     "gmacs": Metric("GMACs", lambda r: r["paper_setting"]["macs"] / 1e9),
     "train_params_m": Metric("Training-form params (M)", lambda r: r["paper_setting"]["train_params"] / 1e6),
@@ -125,7 +126,10 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
                 row[(header, "ours")] = row[(header, "Δ")] = MISSING
             elif paper is not None:
                 row[(header, "ours")] = paper.format(ours)
-                row[(header, "Δ")] = f"{paper.delta(ours):+.{paper.decimals}f}" if metric.comparable else MISSING
+                # smoke accuracies are the digits', not ImageNet's: beside the paper's, but no delta
+                other_data = metric.trained and record.get("data") not in (None, run.paper.get("data"))
+                row[(header, "Δ")] = (MISSING if other_data or not metric.comparable
+                                      else f"{paper.delta(ours):+.{paper.decimals}f}")
             else:
                 row[(header, "ours")] = metric.fmt.format(ours) if metric.fmt else f"{ours:.{metric.decimals}f}"
                 row[(header, "Δ")] = MISSING
@@ -163,15 +167,21 @@ def provenance(spec: TableSpec, runs: list[Run], results: Path, profile: str) ->
                      + ", ".join(sorted(Path(r["source_file"]).name for r in imported)) + ".")
     if trained:
         r = trained[0]
-        lines.append(f"Trained here: {r['data_description']}, {r['img_size']} px, {r['epochs']} epochs, "
-                     f"recipe `{r['recipe']}`" + ("; not comparable to the paper's ImageNet runs."
-                                                  if prof.substitute_data else "."))
+        epochs = sorted({t["epochs"] for t in trained})
+        span = f"{epochs[0]}-{epochs[-1]}" if len(epochs) > 1 else f"{epochs[0]}"
+        recipes = ", ".join(f"`{name}`" for name in sorted({t["recipe"] for t in trained}))
+        lines.append(f"Trained here: {r['data_description']}, {r['img_size']} px, {span} epoch(s), recipe {recipes}"
+                     + ("; accuracies on another dataset than the paper's are shown beside its values without a "
+                        "delta." if prof.substitute_data else "."))
     if records:
         r = (trained or records)[0]
         setting = r.get("paper_setting")
         if setting:
+            per_data = r.get("paper_settings")
+            classes = (", ".join(f"{s['num_classes']} for {d}" for d, s in per_data.items()) if per_data
+                       else str(setting["num_classes"]))
             lines.append(f"Params and MACs: the `{setting['fuse_mode']}` inference form at {setting['img_size']} px "
-                         f"with {setting['num_classes']} classes, counted exactly (the paper's setting).")
+                         f"with {classes} classes, counted exactly (the paper's setting).")
         speed = r.get("throughput")
         if speed:
             lines.append(f"Throughput: {speed['device']}, batch {speed['batch']}, {speed['form']} form, "
