@@ -24,7 +24,7 @@ from .job import NotebookJob, NotebookTask
 from .render import complete_record
 from .spec import Run, TableSpec
 
-POLL_S = 2.0
+POLL_S = 1.0
 ERROR_LINES = 6
 
 
