@@ -113,9 +113,9 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
             elif job.state in ("RUNNING", "COMPLETING"):
                 running += 1
         failed = sum(o.status == "failed" for o in outcomes.values())
-        bar.n = sum(_epochs_done(run, results) for run in runs)
         bar.set_postfix_str(f"pending {len(runs) - len(outcomes) - running}, running {running}, "
-                            f"done {len(outcomes) - failed}, failed {failed}")
+                            f"done {len(outcomes) - failed}, failed {failed}", refresh=False)
+        bar.update(sum(_epochs_done(run, results) for run in runs) - bar.n)  # redraws at most every mininterval
         if len(outcomes) < len(runs):
             time.sleep(POLL_S)
     bar.close()

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from repnext.data import DatasetError, build_dataset, cifar100, digits, imagenet
+from repnext.data import DatasetError, build_dataset, cifar100, digits, digits_arrays, imagenet
 
 
 def test_digits_is_a_stratified_held_out_split():
@@ -76,3 +76,12 @@ def test_wrong_names_and_paths_are_named(tmp_path):
         build_dataset("imagenet")
     with pytest.raises(DatasetError, match="CIFAR-100 not found under"):
         build_dataset("cifar100", tmp_path)
+
+
+def test_digits_are_scikit_learns_without_importing_it():
+    from sklearn.datasets import load_digits
+
+    images, target = digits_arrays()
+    reference = load_digits()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(target, reference.target)
