@@ -6,6 +6,7 @@ step), waits for it, and lets submitit requeue the job; the next attempt resumes
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -13,17 +14,28 @@ from pathlib import Path
 
 import submitit
 
-from repnext.results import RunPaths, read_json
-
 CHECKPOINT_WAIT_S = 60.0  # how long a preempted job waits for the training to write its checkpoint
 
 
 @dataclass(frozen=True)
 class NotebookTask:
+    """One run's execution. The run folder's file names come from ``repnext.results.RunPaths`` (the runner
+    fills them in), so the job process does not import torch just to know them: 4.5 s a job."""
     run_id: str
     notebook: str        # the table's notebook (absolute path)
     folder: str          # the run's folder in the results store
     parameters: dict     # papermill parameters: config, output and the table's own
+    executed: str        # where the executed notebook goes (rank 0)
+    record: str
+    checkpoint: str
+    stop: str            # touched to ask the training for a checkpoint
+
+
+def _status(record: str) -> str:
+    try:
+        return json.loads(Path(record).read_text()).get("status", "missing")
+    except (FileNotFoundError, json.JSONDecodeError):
+        return "missing"
 
 
 class NotebookJob(submitit.helpers.Checkpointable):
@@ -35,22 +47,21 @@ class NotebookJob(submitit.helpers.Checkpointable):
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # DDP: MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for the kernel to inherit
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
-        paths = RunPaths(Path(task.folder))
-        paths.root.mkdir(parents=True, exist_ok=True)
+        folder = Path(task.folder)
+        folder.mkdir(parents=True, exist_ok=True)
         rank = env.global_rank
-        output = paths.notebook if rank == 0 else paths.root / f"run.rank{rank}.ipynb"
-        pm.execute_notebook(task.notebook, str(output), parameters=task.parameters, progress_bar=False,
-                            log_output=True, cwd=str(paths.root))
-        record = read_json(paths.record) or {}
-        return {"run_id": task.run_id, "status": record.get("status", "missing"), "rank": rank}
+        output = task.executed if rank == 0 else str(folder / f"run.rank{rank}.ipynb")
+        pm.execute_notebook(task.notebook, output, parameters=task.parameters, progress_bar=False,
+                            log_output=True, cwd=str(folder))
+        return {"run_id": task.run_id, "status": _status(task.record), "rank": rank}
 
     def checkpoint(self, task: NotebookTask) -> submitit.helpers.DelayedSubmission:
-        paths = RunPaths(Path(task.folder))
-        before = paths.checkpoint.stat().st_mtime_ns if paths.checkpoint.exists() else 0
-        paths.stop.touch()
+        checkpoint, record = Path(task.checkpoint), Path(task.record)
+        before = checkpoint.stat().st_mtime_ns if checkpoint.exists() else 0
+        Path(task.stop).touch()
         deadline = time.monotonic() + CHECKPOINT_WAIT_S
-        while time.monotonic() < deadline and not paths.record.exists():
-            if paths.checkpoint.exists() and paths.checkpoint.stat().st_mtime_ns != before:
+        while time.monotonic() < deadline and not record.exists():
+            if checkpoint.exists() and checkpoint.stat().st_mtime_ns != before:
                 break
             time.sleep(0.5)
         print(f"{task.run_id}: checkpoint requested (pid {os.getpid()}); requeueing", flush=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 import submitit
 from tqdm import tqdm
 
-from repnext.results import read_json
+from repnext.results import RunPaths, read_json
 
 from .clusters import SlurmProfile, make_executor
 from .job import NotebookJob, NotebookTask
@@ -45,7 +45,9 @@ def notebook_task(spec: TableSpec, run: Run, results: Path) -> NotebookTask:
     folder = run.folder(results)
     parameters = {"config": dataclasses.asdict(run.config), "output": str(folder), "paper": run.paper,
                   **run.parameters}
-    return NotebookTask(run.run_id, str(spec.notebook_path), str(folder), parameters)
+    paths = RunPaths(folder)
+    return NotebookTask(run.run_id, str(spec.notebook_path), str(folder), parameters, executed=str(paths.notebook),
+                        record=str(paths.record), checkpoint=str(paths.checkpoint), stop=str(paths.stop))
 
 
 def submission_folder(results: Path, table: str) -> Path:
