@@ -155,3 +155,11 @@ def test_bad_spec_is_named(tmp_path):
                                           '[grid]\nmodel = ["repnext_m0"]\nwidth = [3]\n')
     with pytest.raises(SpecError, match="unknown: \\['width'\\]"):
         load_spec("broken", folder=tmp_path)
+
+
+def test_slurm_without_a_reachable_cluster_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sinfo
+    assert main(["--table", "downsample", "--cluster", "slurm", "--results", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no SLURM cluster is reachable" in err and "slurm/local-up.sh" in err
+    assert not (tmp_path / "r").exists()

@@ -107,3 +107,11 @@ def test_two_tasks_per_node_train_one_run_through_ddp(slurm, tmp_path):
     assert len(list(folder.glob("record.json"))) == 1 and len(_history(folder)) == 1
     assert read_json(folder / "record.json")["environment"]["world_size"] == 2
     assert (folder / "run.ipynb").is_file() and (folder / "run.rank1.ipynb").is_file()
+
+
+@pytest.mark.slurm
+def test_unknown_partition_is_named_with_the_clusters_and_nothing_is_submitted(slurm, tmp_path, capsys):
+    assert _table(tmp_path / "results", tmp_path / "tables", "--cluster", "slurm", "--partition", "nope") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown partition 'nope'; this cluster has: debug" in err
+    assert not _submissions(tmp_path / "results") and not (tmp_path / "tables").exists()
