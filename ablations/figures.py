@@ -21,7 +21,9 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     paths = []
     for ext in ("png", "pdf"):
         path, tmp = out_dir / f"{name}.{ext}", out_dir / f".{name}.{ext}.tmp"
-        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
+        # no creation date in the PDF: re-rendering unchanged results gives identical files
+        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
+                    metadata={"CreationDate": None} if ext == "pdf" else None)
         tmp.replace(path)
         paths.append(path)
     plt.close(fig)
