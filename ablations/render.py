@@ -251,7 +251,8 @@ def index_entry(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
     lines = [f"## {spec.title}", "",
              f"- Files: {', '.join(files + figures) or 'not rendered yet'}",
              f"- Profile `{profile}` ({scale.description}): {len(records)} of {len(unique)} runs complete"
-             + ("; accuracies are the digits', not ImageNet's" if scale.substitute_data and records else ""),
+             + ("; accuracies are the digits', not ImageNet's"
+                if scale.substitute_data and any(r.get("source") == "trained" for r in records) else ""),
              *(f"- {n} run(s) {how}" for how, n in sorted(sources.items())), ""]
     return "\n".join(lines)
 

@@ -503,6 +503,7 @@ def run_cell(config: dict, output: str | Path, checkpoints: dict | None = None,
     from .config import RunConfig
     from .profiles import for_profile, get_profile
     from .results import write_json
+    from .train import Dist, environment
 
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     profile, output = config.profile, Path(output)
@@ -557,6 +558,7 @@ def run_cell(config: dict, output: str | Path, checkpoints: dict | None = None,
                    title=f"{config.model}: stage {index} ({grid} map), {size} px")
     png = output / "gradcam.png"  # the run's own view; the table's figure (PNG and PDF) assembles the runs
     fig.savefig(png, dpi=100)
-    record.update(img_size=size, figure={"png": png.name, "cams": CAMS_FILE})
+    record.update(img_size=size, figure={"png": png.name, "cams": CAMS_FILE},
+                  environment=environment(torch.device("cpu"), Dist()))
     write_json(paths.record, record)
     return record

@@ -17,6 +17,7 @@ from torch import nn
 from .complexity import count_macs, count_params, inference_form, measure
 from .config import RunConfig
 from .results import RunPaths, write_json
+from .train import Dist, environment
 
 FORMS = ("official", "full", "single_branch", "single_branch_plain")
 
@@ -70,5 +71,6 @@ def run_cell(config: dict, output: str | Path, img_size: int = 224) -> dict:
               "source": "measured", **measure_equivalence(config.model, img_size)}
     if timm.is_model(f"{config.model}e"):  # the E model trained as such, counted as the paper counts it
         record["e_model"] = measure(f"{config.model}e", 1000, img_size, "official").as_dict()
+    record["environment"] = environment(torch.device("cpu"), Dist())
     write_json(RunPaths(Path(output)).record, record)
     return record
