@@ -86,13 +86,20 @@ def complete_record(run: Run, results: Path) -> dict | None:
 def _paper(spec: TableSpec, column: Column, run: Run) -> PaperValue | None:
     if not column.reference:  # a quantity the paper does not report
         return None
-    model = (column.reference_model or "{model}").format(model=run.config.model)
+    # a run of another table is already the referenced model (e.g. the E model of the StarNet table)
+    model = run.config.model if column.from_table else (column.reference_model or "{model}").format(
+        model=run.config.model)
     found = paper_values(column.reference_table or spec.reference, model, column.reference)
     return found[0] if len(found) == 1 else None
 
 
 def _cell(spec: TableSpec, column: Column, group: list[Run], results: Path) -> tuple[Run | None, dict | None]:
     """The run of a row that fills ``column`` (the first complete one matching ``where``) and its record."""
+    if column.from_table:  # e.g. the equivalence table's E model accuracy, from the StarNet-recipe table
+        from .spec import load_spec
+
+        model = (column.reference_model or "{model}").format(model=group[0].config.model)
+        group = [r for r in load_spec(column.from_table).expand(group[0].config.profile) if r.config.model == model]
     matching = [r for r in group if all(r.paper.get(k) == v for k, v in column.where.items())]
     for run in matching:
         record = complete_record(run, results)

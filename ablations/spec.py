@@ -53,6 +53,7 @@ class Column:
     header: str | None = None
     reference_table: str | list[str] | None = None  # None: the spec's; a list: the first holding the row
     reference_model: str | None = None  # a template on the row's model, e.g. "{model}e"; None: the model
+    from_table: str | None = None  # the value comes from that table's run of ``reference_model`` (same profile)
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
         columns += [Column(**{"reference": c["metric"], **c}) for c in data.get("columns", [])]
     except TypeError as e:
         raise SpecError(f"{path}: bad [[columns]] entry ({e}); keys: metric, reference, where, header, "
-                        "reference_table") from None
+                        "reference_table, reference_model, from_table") from None
     for key, values in grid.items():
         if isinstance(values, dict) and set(values) != set(PROFILES):
             raise SpecError(f"{path}: grid field {key!r} lists values for {sorted(values)}; a per-profile field "

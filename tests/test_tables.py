@@ -129,3 +129,18 @@ def test_render_all_writes_the_index(imported, tmp_path):
     index = (tmp_path / "README.md").read_text()
     for table in ("imagenet", "imagenet_starnet", "compact", "equivalence", "srp", "downsample", "latency"):
         assert f"[{table}.md]({table}.md)" in index
+
+
+def test_equivalence_table_takes_the_e_models_accuracy_from_their_starnet_runs(tmp_path):
+    starnet = load_spec("imagenet_starnet")
+    for run in starnet.expand("smoke"):
+        if run.config.model == "repnext_m0e":
+            acc = 61.0 if run.paper["distillation"] else 62.0
+            write_json(run.folder(tmp_path) / "record.json", {"status": "complete", "best": {"acc1": acc},
+                                                            "data": "digits", "source": "trained"})
+    spec = load_spec("equivalence")
+    frame = table_frame(spec, spec.expand("smoke"), tmp_path)
+    m0, m3 = frame.loc["RepNeXt-M0"], frame.loc["RepNeXt-M3"]
+    assert (m0[("E model Top-1 (%)", "paper")], m0[("E model Top-1 (%)", "ours")]) == ("73.9", "62.0")
+    assert (m0[("E model Top-1 distill (%)", "paper")], m0[("E model Top-1 distill (%)", "ours")]) == ("75.6", "61.0")
+    assert m3[("E model Top-1 (%)", "ours")] == "—"  # the paper trained no M3E
