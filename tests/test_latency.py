@@ -214,7 +214,9 @@ def test_latency_table_renders_through_the_runner(tmp_path):
     assert m0["Backbone 512x512 (ms) ours"] == "—"  # M0 is no detection backbone in the papers
     m3 = dict(zip(header, rows["RepNeXt-M3"]))
     assert (m3["Backbone 512x512 (ms) paper"], m3["Latency, fused (ms) ours"]) == ("5.1", "—")  # not run yet
-    assert dict(zip(header, rows["RepViT-M1.5"]))["Latency, fused (ms) paper"] == "—"
+    m15 = dict(zip(header, rows["RepViT-M1.5"]))  # a baseline: the RepViT paper's values (Tables 1 and 2)
+    assert (m15["Latency, fused (ms) paper"], m15["GPU throughput (img/s) paper"]) == ("1.5", "2151")
+    assert dict(zip(header, rows["ConvNeXt-femto"]))["Latency, fused (ms) paper"] == "—"  # reported nowhere
     assert "(CPU), batch 16, full form, channels_last" in md
     assert (out / "latency.tex").read_text().count("RepNeXt-M0") == 1
     assert all((out / f"latency_accuracy.{ext}").stat().st_size > 10_000 for ext in ("png", "pdf"))
