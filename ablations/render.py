@@ -180,6 +180,9 @@ def provenance(spec: TableSpec, runs: list[Run], results: Path, profile: str) ->
         lines.append(f"Trained here: {r['data_description']}, {r['img_size']} px, {span} epoch(s), recipe {recipes}"
                      + ("; accuracies on another dataset than the paper's are shown beside its values without a "
                         "delta." if prof.substitute_data else "."))
+    machines = sorted({_device(r) for r in records if r.get("source") != "imported"})
+    if machines:
+        lines.append(f"Hardware of the reproduced numbers: {'; '.join(machines)}.")
     if records:
         r = (trained or records)[0]
         setting = r.get("paper_setting")
