@@ -251,8 +251,10 @@ def index_entry(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
     records = [r for r in (complete_record(run, results) for run in unique) if r is not None]
     files = [f"[{p.name}]({p.name})" for p in (out_dir / f"{spec.name}.md", out_dir / f"{spec.name}.tex")
              if p.is_file()]
-    figures = [f"[{p.name}]({p.name})" for name in spec.figures for p in sorted(out_dir.glob(f"{name}.*"))
-               if p.suffix in (".png", ".pdf")]
+    # a figure file is named after the figure or, for a table's one figure, after the table
+    names = dict.fromkeys([*spec.figures, spec.name] if spec.figures else [])
+    figures = [f"[{p.name}]({p.name})" for name in names for ext in (".png", ".pdf")
+               if (p := out_dir / f"{name}{ext}").is_file()]
     sources = {}
     for r in records:
         key = "imported from logs" if r.get("source") == "imported" else f"measured on {_device(r)}"
