@@ -28,6 +28,14 @@ alive() {  # a pid file whose process runs (a reaped-late zombie counts as dead)
     [[ -r /proc/$pid/stat ]] && [[ $(awk '{print $3}' "/proc/$pid/stat") != Z ]]
 }
 
+# one local cluster per machine (fixed ports): another checkout's would make this one fail obscurely
+for pid in $(pgrep -x slurmctld || true); do
+    conf=$(tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | sed -n 's/^SLURM_CONF=//p')
+    [[ $conf == "$DIR/slurm.conf" ]] && continue
+    die "a SLURM controller is already running (pid $pid${conf:+, config $conf}); stop it first:" \
+        "bash slurm/local-down.sh ${conf:+$(dirname "$conf")}"
+done
+
 packages=(munge slurm-client slurmctld slurmd)
 [[ $ACCOUNTING == 1 ]] && packages+=(slurmdbd mariadb-server)
 missing=()
