@@ -53,7 +53,7 @@ bench: env  ## speed figures (not tests): forms vs timm references, smoke traini
 	$(BIN)/python benchmarks/smoke_train.py
 
 lint: env
-	$(BIN)/ruff check repnext tests benchmarks
+	$(BIN)/ruff check repnext ablations tests benchmarks
 
 slurm-up:  ## a single-node SLURM cluster on localhost (root; installs munge/slurm with apt)
 	bash slurm/local-up.sh $(SLURM_DIR)
