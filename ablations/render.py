@@ -18,7 +18,7 @@ from repnext.profiles import get_profile
 from repnext.reference import PaperValue, paper_values
 from repnext.results import read_json
 
-from .spec import Column, Run, TableSpec
+from .spec import Column, Run, TableSpec, load_spec
 
 MISSING = "—"
 
@@ -96,8 +96,6 @@ def _paper(spec: TableSpec, column: Column, run: Run) -> PaperValue | None:
 def _cell(spec: TableSpec, column: Column, group: list[Run], results: Path) -> tuple[Run | None, dict | None]:
     """The run of a row that fills ``column`` (the first complete one matching ``where``) and its record."""
     if column.from_table:  # e.g. the equivalence table's E model accuracy, from the StarNet-recipe table
-        from .spec import load_spec
-
         model = (column.reference_model or "{model}").format(model=group[0].config.model)
         group = [r for r in load_spec(column.from_table).expand(group[0].config.profile) if r.config.model == model]
     matching = [r for r in group if all(r.paper.get(k) == v for k, v in column.where.items())]

@@ -178,9 +178,16 @@ def sample_seed(*parts: int) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def seed_everything(seed: int) -> None:
+def seed_host_rngs(seed: int) -> None:
+    """Python's, numpy's and torch's CPU generators (torch.manual_seed also seeds every accelerator's, at
+    1.3 ms a call: too slow once per sample)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
+    torch.default_generator.manual_seed(seed)
+
+
+def seed_everything(seed: int) -> None:
+    seed_host_rngs(seed)
     torch.manual_seed(seed)
 
 
@@ -198,10 +205,5 @@ class Transformed(Dataset):
     def __getitem__(self, item: tuple[int, int] | int):
         position, index = item if isinstance(item, tuple) else (item, item)
         img, label = self.dataset[index]
-        seed = sample_seed(self.seed, self.epoch, position)
-        # the host RNGs only: transforms run on the CPU, and torch.manual_seed (which also seeds every
-        # accelerator's generators) costs 1.3 ms a call, half the data time of a smoke epoch
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch.default_generator.manual_seed(seed)
+        seed_host_rngs(sample_seed(self.seed, self.epoch, position))  # transforms run on the CPU
         return self.transform(img), label
