@@ -8,11 +8,13 @@ Tasks: ``latency`` (batch 1, ms), ``throughput`` (batch 16 by default, img/s) an
 forward + cross-entropy + backward + AdamW at the throughput batch, img/s). RepNeXt forms: ``train`` (the
 training form; its multi-branch mixers compose their kernels on the fly), ``branchwise`` (the training form
 run branch by branch: the reference), ``official``, ``full``, ``single_branch`` (inference forms, see
-``repnext.reparam``); timm references: ``train`` and ``fused`` (``reparameterize_model``). Each round runs
-every (model, form, task) once, in turn, so a drift in machine speed hits all alike; medians over rounds
+``repnext.reparam``, computing in place as ``fuse`` does by default) and ``full_noinplace``
+(``fuse(inplace=False)``); timm references: ``train`` and ``fused`` (``reparameterize_model``). Each round
+runs every (model, form, task) once, in turn, so a drift in machine speed hits all alike; medians over rounds
 are reported with ratios, and the figures go to the results store (``<results>/bench/<stamp>/record.json``).
-Every case runs in NCHW and in channels_last (``--memory-format``); on CUDA ``--amp bfloat16`` applies, and
-time is synchronised.
+Every case runs in NCHW and in channels_last (``--memory-format``); on CUDA ``--amp bfloat16`` applies, time
+is synchronised, and ``--paper-throughput`` adds the papers' GPU throughput of every model (fp32, the largest
+power-of-two batch that fits: ``repnext.latency.gpu_throughput``).
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ import repnext
 from .results import DEFAULT_RESULTS, write_json
 from .train import Dist, cpu_name, environment
 
-REPNEXT_FORMS = ("train", "branchwise", "official", "full", "single_branch")
+REPNEXT_FORMS = ("train", "branchwise", "official", "full", "full_noinplace", "single_branch")
 REFERENCE_FORMS = ("train", "fused")
 TASKS = ("latency", "throughput", "train")
 ALL_REPNEXT = tuple(f"repnext_m{i}" for i in range(6))
@@ -75,8 +77,9 @@ def build_form(name: str, form: str, device: torch.device, channels_last: bool) 
     model = timm.create_model(name)
     if form == "branchwise":
         model.set_online_reparam(False)
-    elif form in ("official", "full", "single_branch"):
-        model = model.eval().fuse(form, channels_last=channels_last)
+    elif form in ("official", "full", "full_noinplace", "single_branch"):
+        mode = form.removesuffix("_noinplace")
+        model = model.eval().fuse(mode, channels_last=channels_last, inplace=mode == form)
     elif form == "fused":
         model = timm.utils.reparameterize_model(model.eval())
     model = model.to(device)
@@ -165,8 +168,15 @@ def throughput(name: str, batch: int = 16, img_size: int = 224, rounds: int = 3,
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu_name()} (CPU)"}
 
 
+def speedup(case: Case, ref: Case) -> float:
+    """How many times faster ``case`` runs than ``ref``: the median over rounds of the two timings' ratio in the
+    same round. Pairing the rounds cancels the drift of a shared machine that medians taken apart keep."""
+    return statistics.median(r / c for r, c in zip(ref.seconds, case.seconds, strict=True))
+
+
 def render(cases: list[Case]) -> str:
-    """A table per task, fastest first, with ratios to the first reference model's fastest form."""
+    """A table per task, fastest first, with speedups (``speedup``) over the first reference model's fastest
+    form."""
     lines = []
     for task in TASKS:
         rows = [c for c in cases if c.task == task]
@@ -176,14 +186,29 @@ def render(cases: list[Case]) -> str:
         rows.sort(key=lambda c: -c.value if better_high else c.value)
         refs = [c for c in rows if not c.model.startswith("repnext")]
         ref = refs[0] if refs else rows[-1]
-        lines.append(f"\n{task} (batch {rows[0].batch}; ratio = speed vs {ref.model} {ref.label})")
+        lines.append(f"\n{task} (batch {rows[0].batch}; ratio = speedup over {ref.model} {ref.label}, paired by round)")
         lines.append(f"{'model':<16}{'form':<20}{'median':>10} {'unit':<6}{'min':>9}{'max':>9}{'ratio':>8}")
         for c in rows:
             vals = [1e3 * s if task == "latency" else c.batch / s for s in c.seconds]
-            ratio = c.value / ref.value if better_high else ref.value / c.value
             lines.append(f"{c.model:<16}{c.label:<20}{c.value:>10.2f} {c.unit:<6}{min(vals):>9.2f}{max(vals):>9.2f}"
-                         f"{ratio:>7.2f}x")
+                         f"{speedup(c, ref):>7.2f}x")
+    lines += online_reparam_gain(cases)
     return "\n".join(lines) + "\n"
+
+
+def online_reparam_gain(cases: list[Case]) -> list[str]:
+    """Per model, its training step with online reparameterization against the branch-by-branch reference in
+    each memory format (upstream trains branch by branch in NCHW)."""
+    lines = []
+    for model in dict.fromkeys(c.model for c in cases):
+        steps = [c for c in cases if c.model == model and c.task == "train"]
+        fast = [c for c in steps if c.form == "train"]
+        reference = [c for c in steps if c.form == "branchwise"]
+        if fast and reference:
+            best = max(fast, key=lambda c: c.value)
+            gains = ", ".join(f"{speedup(best, r):.2f}x {r.label}" for r in reference)
+            lines.append(f"{model} training step, {best.label} against the branch-by-branch reference: {gains}")
+    return ["", *lines] if lines else []
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,12 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", default="none", choices=("none", "bfloat16", "float16"))
     parser.add_argument("--memory-format", choices=("nchw", "channels_last", "both"), default="both")
+    parser.add_argument("--paper-throughput", action="store_true",
+                        help="CUDA only: also each model's GPU throughput measured the papers' way")
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
     for name in args.models + args.refs:
         if not timm.is_model(name):
             parser.error(f"unknown model {name!r}; see timm.list_models() (repnext registers repnext_m0..m5e)")
+    if args.paper_throughput and not args.device.startswith("cuda"):
+        parser.error(f"--paper-throughput measures a CUDA GPU; --device is {args.device!r} (use --device cuda)")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     models = list(ALL_REPNEXT + ALL_REFS) if args.all else args.models + args.refs
@@ -218,13 +247,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{repnext.__version__}, {args.threads} thread(s), {args.img_size}x{args.img_size}, amp {args.amp}, "
           f"{args.rounds} interleaved rounds; train = online reparameterization, branchwise = the reference")
     print(render(cases), end="")
+    paper = {}
+    if args.paper_throughput:
+        from .latency import gpu_throughput  # latency builds on this module
+
+        print(f"\nGPU throughput the papers' way ({args.img_size} px, fp32, largest power-of-two batch)")
+        for name in models:
+            paper[name] = gpu_throughput(name, args.img_size, device=args.device)
+            print(f"{name:<16}{paper[name]['form']:<20}{paper[name]['images_per_second']:>10.0f} img/s"
+                  f"  batch {paper[name]['batch']}")
     if not args.no_save:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
         path = args.results / "bench" / f"{env['host']}-{device.type}-{stamp}" / "record.json"
         settings = vars(args) | {"results": str(args.results)}
         cases_out = [asdict(c) | {"value": c.value, "unit": c.unit} for c in cases]
         write_json(path, {"status": "complete", "source": "bench", "settings": settings, "environment": env,
-                          "cases": cases_out})
+                          "cases": cases_out, "paper_throughput": paper})
         print(f"saved {path}")
     return 0
 

@@ -8,7 +8,15 @@ from torch import nn
 
 from repnext import FUSE_MODES
 from repnext.models import REPNEXT_MODELS, SINGLE_BRANCH_MODELS
-from repnext.models.repnext import ChunkConv, CopyConv, RepDWConvM, RepDWConvS
+from repnext.models.repnext import (
+    ChunkConv,
+    CopyConv,
+    Downsample,
+    InplaceGELU,
+    MetaNeXtBlock,
+    RepDWConvM,
+    RepDWConvS,
+)
 from repnext.reparam import EdgeExactDWConv
 
 from .conftest import randomize_bn
@@ -148,10 +156,10 @@ def test_unknown_mode_is_named():
 def test_fuse_picks_the_memory_format_and_says_so():
     model = randomize_bn(timm.create_model("repnext_m0")).eval()
     fused = model.fuse()
-    assert fused.inference_form == {"mode": "full", "channels_last": True}
+    assert fused.inference_form == {"mode": "full", "channels_last": True, "inplace": True}
     assert fused.stem.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
     plain = model.fuse("official", channels_last=False)
-    assert plain.inference_form == {"mode": "official", "channels_last": False}
+    assert plain.inference_form == {"mode": "official", "channels_last": False, "inplace": True}
     assert plain.stem.stem[0].weight.is_contiguous()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -171,3 +179,37 @@ def test_plain_mixer_ablation_fuses_exactly_into_repnext_m1s_inference_form(mode
         assert (fused(x) - plain(x)).abs().max().item() <= TOL
     shapes = lambda m: [tuple(p.shape) for p in m.parameters()]  # noqa: E731
     assert shapes(fused) == shapes(timm.create_model("repnext_m1").eval().fuse(mode))
+
+
+@pytest.mark.parametrize("mode", EXACT_MODES)
+def test_in_place_inference_is_bit_identical_and_keeps_what_callers_hold(mode):
+    model = randomize_bn(timm.create_model("repnext_m0")).eval()
+    fast, plain = model.fuse(mode), model.fuse(mode, inplace=False)
+    assert fast.inference_form["inplace"] and not plain.inference_form["inplace"]
+    mixers = sum(isinstance(m, (MetaNeXtBlock, Downsample)) for m in fast.modules())
+    assert sum(isinstance(m, InplaceGELU) for m in fast.modules()) == 1 + mixers  # the stem's, one per mixer
+    assert not any(isinstance(m, InplaceGELU) for m in plain.modules())
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.equal(fast(x), plain(x))
+    with torch.no_grad():
+        image = x.clone()
+        held = fast.forward_intermediates(image, intermediates_only=True)  # what features_only returns
+        assert torch.equal(image, x)
+        for a, b in zip(held, plain.forward_intermediates(x, intermediates_only=True), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_in_place_inference_steps_aside_for_autograd_and_tracing():
+    model = randomize_bn(timm.create_model("repnext_m0")).eval()
+    fast, plain = model.fuse(), model.fuse(inplace=False)
+    x = torch.randn(2, 3, 64, 64, requires_grad=True)
+    fast(x).logsumexp(1).sum().backward()  # Grad-CAM's case: an in-place GELU would break the backward
+    grads = [p.grad for p in fast.parameters()]
+    plain(x).logsumexp(1).sum().backward()
+    for a, b in zip(grads, (p.grad for p in plain.parameters()), strict=True):
+        assert torch.equal(a, b)
+    with torch.no_grad():
+        traced = torch.jit.trace(fast, x.detach())  # what the Core ML and ONNX exports record
+    kinds = {node.kind() for node in traced.inlined_graph.nodes()}
+    assert "aten::gelu" in kinds and not {k for k in kinds if k.endswith("_")}

@@ -54,6 +54,22 @@ def dw_conv(
     return nn.Conv2d(dim, out_dim or dim, kernel_size, stride, padding, dilation, groups=dim, bias=bias)
 
 
+def may_overwrite() -> bool:
+    """Whether a fused model may compute in place: nothing records the graph (autograd would need the
+    overwritten inputs; a tracer would bake in-place ops into an export)."""
+    return not torch.is_grad_enabled() and not torch.jit.is_tracing()
+
+
+class InplaceGELU(nn.GELU):
+    """The fused model's GELU: it overwrites its input (always a conv's fresh output) when ``may_overwrite``.
+    The same function; on CPU it saves allocating, and page-faulting, one activation-sized buffer per call."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if may_overwrite():
+            return torch.ops.aten.gelu_(x, approximate=self.approximate)
+        return F.gelu(x, approximate=self.approximate)
+
+
 class ConvNorm(nn.Module):
     """Conv (no bias) + BatchNorm; folds to one conv."""
 
@@ -195,7 +211,9 @@ def channel_mixer(dim: int, mlp_ratio: float) -> nn.Sequential:
 
 
 class MetaNeXtBlock(nn.Module):
-    """``x + channel_mixer(norm(token_mixer(x)))``."""
+    """``x + channel_mixer(norm(token_mixer(x)))``. ``inplace`` (set by ``RepNeXt.fuse``): the residual is added
+    into the mixer's fresh output when ``may_overwrite``."""
+    inplace: bool = False
 
     def __init__(self, dim: int, mlp_ratio: float = 2.0, single_branch: bool = False, srp: bool = True):
         super().__init__()
@@ -204,7 +222,8 @@ class MetaNeXtBlock(nn.Module):
         self.channel_mixer = channel_mixer(dim, mlp_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.channel_mixer(self.norm(self.token_mixer(x)))
+        y = self.channel_mixer(self.norm(self.token_mixer(x)))
+        return y.add_(x) if self.inplace and may_overwrite() else x + y
 
     def fuse(self, mode: str = "full") -> MetaNeXtBlock:
         fused = reparam.fuse_children(self, mode)
@@ -217,7 +236,8 @@ class MetaNeXtBlock(nn.Module):
 
 class Downsample(nn.Module):
     """``y = norm(token_mixer(x)); y + channel_mixer(y)``: the shortcut skips only the channel mixer, so the
-    norm folds into the token mixer's kernels."""
+    norm folds into the token mixer's kernels. ``inplace``: as in ``MetaNeXtBlock``."""
+    inplace: bool = False
 
     def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 2.0, single_branch: bool = False,
                  srp: bool = True):
@@ -232,7 +252,8 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.token_mixer(x))
-        return x + self.channel_mixer(x)
+        y = self.channel_mixer(x)
+        return y.add_(x) if self.inplace and may_overwrite() else x + y
 
     def fuse(self, mode: str = "full") -> Downsample:
         fused = reparam.fuse_children(self, "official" if mode == "official" else "full")
@@ -479,18 +500,27 @@ class RepNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     @torch.no_grad()
-    def fuse(self, mode: str = "full", channels_last: bool | None = None) -> RepNeXt:
+    def fuse(self, mode: str = "full", channels_last: bool | None = None, inplace: bool = True) -> RepNeXt:
         """The inference form (a new model; ``self`` is untouched). Modes: see ``repnext.reparam``.
 
-        ``channels_last=None`` picks the faster memory format, measured by ``python -m repnext.bench``:
-        channels_last on CPU (oneDNN's depthwise kernels; 1.07-1.2x at batch 16, 1.2x at batch 1 for M1)
-        and on CUDA. The choice is recorded in ``fused.inference_form``.
+        Two choices of execution, both exact, measured by ``python -m repnext.bench`` (repnext_m1, batch 16,
+        this project's 2-core CPU):
+
+        * ``channels_last=None`` picks the faster memory format: channels_last on CPU (oneDNN's depthwise
+          kernels; 1.07-1.2x at batch 16, 1.2x at batch 1) and on CUDA.
+        * ``inplace=True``: without autograd or a tracer, GELUs and residual adds write into the buffer their
+          conv just produced (``may_overwrite``); 1.03-1.08x on CPU. A forward hook that keeps a channel
+          mixer's output under ``no_grad`` sees it with the residual added: pass ``inplace=False`` then.
+
+        The choices are recorded in ``fused.inference_form``.
         """
         fused = reparam.fuse_children(self, mode)
         channels_last = True if channels_last is None else channels_last
         if channels_last:
             fused = fused.to(memory_format=torch.channels_last)
-        fused.inference_form = {"mode": mode, "channels_last": channels_last}
+        if inplace:
+            compute_in_place(fused)
+        fused.inference_form = {"mode": mode, "channels_last": channels_last, "inplace": inplace}
         return fused
 
     @torch.jit.ignore
@@ -499,6 +529,17 @@ class RepNeXt(nn.Module):
         state_dict = read_checkpoint(checkpoint_path)
         state_dict = checkpoint_filter_fn(state_dict, self)
         self.load_state_dict(state_dict, strict=False)  # checkpoint_filter_fn has checked every key
+
+
+def compute_in_place(model: nn.Module) -> None:
+    """Switch a fused model's residual adds, and its GELUs that follow a conv, to in-place (see ``fuse``)."""
+    for module in model.modules():
+        if isinstance(module, (MetaNeXtBlock, Downsample)):
+            module.inplace = True
+        if isinstance(module, nn.Sequential):
+            for i in range(1, len(module)):
+                if type(module[i]) is nn.GELU and isinstance(module[i - 1], nn.Conv2d):
+                    module[i] = InplaceGELU(module[i].approximate)
 
 
 def checkpoint_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.Tensor]:
