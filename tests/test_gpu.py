@@ -21,3 +21,12 @@ def test_fused_equals_unfused_on_gpu():
     x = torch.randn(4, 3, 224, 224, device="cuda")
     with torch.no_grad():
         assert (model.fuse()(x) - model(x)).abs().max().item() < 1e-3  # TF32 convolutions
+
+
+def test_bench_with_amp_and_the_papers_throughput(tmp_path, capsys):
+    from repnext.bench import main
+
+    assert main(["--models", "repnext_m0", "--refs", "repvit_m0_9", "--device", "cuda", "--amp", "bfloat16",
+                 "--img-size", "64", "--rounds", "2", "--paper-throughput", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "GPU throughput the papers' way" in out and "full/cl" in out
