@@ -3,6 +3,7 @@ import pytest
 import timm
 import torch
 
+from repnext.bench import main as bench
 from repnext.config import RunConfig
 from repnext.train import train
 
@@ -24,9 +25,7 @@ def test_fused_equals_unfused_on_gpu():
 
 
 def test_bench_with_amp_and_the_papers_throughput(tmp_path, capsys):
-    from repnext.bench import main
-
-    assert main(["--models", "repnext_m0", "--refs", "repvit_m0_9", "--device", "cuda", "--amp", "bfloat16",
+    assert bench(["--models", "repnext_m0", "--refs", "repvit_m0_9", "--device", "cuda", "--amp", "bfloat16",
                  "--img-size", "64", "--rounds", "2", "--paper-throughput", "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "GPU throughput the papers' way" in out and "full/cl" in out
