@@ -29,6 +29,7 @@ for pidfile in "$DIR/run/slurmd.pid" "$DIR/run/slurmctld.pid" "$DIR/run/slurmdbd
 done
 if ((purge)); then
     [[ $(readlink /etc/slurm/slurm.conf 2>/dev/null) == "$DIR/slurm.conf" ]] && rm -f /etc/slurm/slurm.conf
+    [[ -L $DIR/munge ]] && rm -rf "$(readlink "$DIR/munge")"  # munge's folder in /tmp (see local-up.sh)
     rm -rf "$DIR"
 fi
 if ((purge)); then echo "slurm-local: stopped, $DIR removed"; else echo "slurm-local: stopped"; fi

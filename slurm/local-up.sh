@@ -46,21 +46,31 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-mkdir -p "$DIR"/{munge,state/ctld,state/d,run,log,db}
-chmod 0755 "$DIR" "$DIR/munge"  # munged refuses a socket directory others cannot traverse
-chown munge:munge "$DIR/munge"
-SOCKET=$DIR/munge/munge.socket.2
+mkdir -p "$DIR"/{state/ctld,state/d,run,log,db}
+chmod 0755 "$DIR"
+# munged runs as the munge user: its key, socket and log must sit where that user can reach. That is DIR,
+# unless a folder above it is private (mktemp -d makes 0700 ones); then a folder in /tmp, linked as DIR/munge.
+[[ -L $DIR/munge && ! -d $DIR/munge ]] && rm "$DIR/munge"  # its /tmp folder is gone (a reboot)
+if [[ ! -L $DIR/munge ]] && ! runuser -u munge -- test -x "$DIR"; then
+    rm -rf "$DIR/munge"  # an unreachable one, from an earlier start
+    ln -s "$(mktemp -d /tmp/repnext-munge.XXXXXX)" "$DIR/munge"
+fi
+mkdir -p "$DIR/munge"
+MUNGE=$(realpath "$DIR/munge")
+chmod 0755 "$MUNGE"  # munged refuses a socket directory others cannot traverse
+chown munge:munge "$MUNGE"
+SOCKET=$MUNGE/munge.socket.2
 
 # --- munge ---------------------------------------------------------------------------------------------
-if [[ ! -s $DIR/munge/munge.key ]]; then
-    mungekey --create --keyfile="$DIR/munge/munge.key" 2>/dev/null \
-        || dd if=/dev/urandom of="$DIR/munge/munge.key" bs=1 count=1024 status=none
-    chown munge:munge "$DIR/munge/munge.key"
-    chmod 0400 "$DIR/munge/munge.key"
+if [[ ! -s $MUNGE/munge.key ]]; then
+    mungekey --create --keyfile="$MUNGE/munge.key" 2>/dev/null \
+        || dd if=/dev/urandom of="$MUNGE/munge.key" bs=1 count=1024 status=none
+    chown munge:munge "$MUNGE/munge.key"
+    chmod 0400 "$MUNGE/munge.key"
 fi
-if ! alive "$DIR/munge/munged.pid"; then
-    runuser -u munge -- munged --key-file="$DIR/munge/munge.key" --socket="$SOCKET" \
-        --pid-file="$DIR/munge/munged.pid" --log-file="$DIR/munge/munged.log" --seed-file="$DIR/munge/munge.seed"
+if ! alive "$MUNGE/munged.pid"; then
+    runuser -u munge -- munged --key-file="$MUNGE/munge.key" --socket="$SOCKET" \
+        --pid-file="$MUNGE/munged.pid" --log-file="$MUNGE/munged.log" --seed-file="$MUNGE/munge.seed"
 fi
 
 # --- configs -------------------------------------------------------------------------------------------

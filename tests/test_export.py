@@ -80,7 +80,7 @@ def test_coreml_io_names_shapes_and_metadata(coreml_m0):
         ("image", "image", "RGB", [1, 3, 64, 64])]
     assert [(d["name"], d["shape"]) for d in record["outputs"]] == [("logits", [1, 10])]
     assert (record["mean"], record["std"]) == (list(model.pretrained_cfg["mean"]), list(model.pretrained_cfg["std"]))
-    assert record["fuse"] == {"mode": "full", "channels_last": True}
+    assert record["fuse"] == {"mode": "full", "channels_last": True, "inplace": True}
     spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
     assert spec.WhichOneof("Type") == "mlProgram"
     assert spec.specificationVersion == 7  # iOS 16
