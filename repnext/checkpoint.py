@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import RepnextError
+
 CONTAINER_KEYS = ("model", "state_dict")
 EMA_KEYS = ("model_ema", "state_dict_ema")
 _EXPECTED = (
@@ -24,7 +26,7 @@ _EXPECTED = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RepnextError):
     """A checkpoint file that cannot be read or does not fit the model."""
 
 
@@ -38,29 +40,55 @@ def _is_torchscript(path: Path) -> bool:
 def read_checkpoint(path: str | Path, use_ema: bool = False) -> dict[str, torch.Tensor]:
     """The state dict stored in ``path``, loaded with ``weights_only=True`` (or safetensors)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory, not a file; {_EXPECTED}")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; {_EXPECTED}")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
-            return load_file(str(path), device="cpu")
+            return check_finite(load_file(str(path), device="cpu"), path)
         except Exception as e:  # safetensors raises its own SafetensorError / OSError
+            if isinstance(e, CheckpointError):
+                raise
             raise CheckpointError(f"{path} is not a valid .safetensors file ({e})") from None
     if _is_torchscript(path):
         raise CheckpointError(
             f"{path} is a TorchScript archive (like the released *_fused.pt files), not a state dict; "
             "load it with torch.jit.load, or pass the training checkpoint (*_distill_300e.pth) instead"
         )
+    return check_finite(extract_state_dict(load_weights_only(path), path, use_ema), path)
+
+
+def _load_failure(error: Exception) -> str:
+    """Why torch.load refused a file, without torch's advice to retry with weights_only=False (which would run
+    whatever the file holds): its first line that is not that advice, else the exception's type."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line.removeprefix("WeightsUnpickler error:").strip() for line in lines
+               if "weights_only" not in line.lower().replace(" ", "_") and not line.startswith("Check the doc")]
+    return reasons[0] if reasons else type(error).__name__
+
+
+def load_weights_only(path: Path) -> object:
+    """``torch.load(path, weights_only=True)``; a file it refuses raises one line naming the file and why."""
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes), not a checkpoint; {_EXPECTED}")
     try:
         # official training checkpoints carry their argparse Namespace: a plain attribute bag, safe to allow
         with torch.serialization.safe_globals([argparse.Namespace]):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds on foreign bytes (UnpicklingError, IndexError, ...)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a checkpoint that loads with weights_only=True ({reason}); "
-                              f"{_EXPECTED}") from None
-    return extract_state_dict(obj, path, use_ema)
+        raise CheckpointError(f"{path} is not a checkpoint that loads with weights_only=True "
+                              f"({_load_failure(e)}); {_EXPECTED}") from None
+
+
+def check_finite(state_dict: dict[str, torch.Tensor], origin: str | Path) -> dict[str, torch.Tensor]:
+    """``state_dict`` itself; raises naming the tensors that hold NaN or inf (weights of a diverged run)."""
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{origin} has NaN or inf values in {len(bad)} tensor(s): {_summarise(bad, 5)}")
+    return state_dict
 
 
 def extract_state_dict(obj: object, origin: str | Path = "checkpoint", use_ema: bool = False) -> dict:

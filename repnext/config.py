@@ -6,11 +6,18 @@ import hashlib
 import json
 from dataclasses import dataclass
 
+from .errors import RepnextError
 from .profiles import Profile, get_profile
 from .recipes import Recipe, get_recipe
 
 # fields that say where things are, not what the experiment is: not part of the run id
 LOCATION_FIELDS = ("data_root", "teacher_checkpoint", "workers", "device")
+POSITIVE_FIELDS = ("epochs", "batch_size", "img_size")
+MIN_IMG_SIZE = 32  # the models' stem and stages downsample 32x: a smaller input trains on padding
+
+
+class ConfigError(RepnextError):
+    """A run config value that no run can use."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +38,22 @@ class RunConfig:
     device: str = "auto"
 
     def canonical(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in LOCATION_FIELDS}
+        """What the run is: location fields left out, no dataset written as the profile's (as table specs do)."""
+        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in LOCATION_FIELDS}
+        d["data"] = d["data"] or get_profile(self.profile).data
+        return d
+
+    def check(self) -> None:
+        """Raise naming the first value no run can use (before anything is built or written)."""
+        for name in POSITIVE_FIELDS:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+        if self.img_size is not None and self.img_size < MIN_IMG_SIZE:
+            raise ConfigError(f"--img-size {self.img_size} is below {MIN_IMG_SIZE}, the smallest input the "
+                              f"models' stride-32 stem and stages accept")
+        if self.workers is not None and self.workers < 0:
+            raise ConfigError(f"--workers must be 0 or more, got {self.workers}")
 
     @property
     def run_id(self) -> str:
@@ -47,6 +69,7 @@ class RunConfig:
         return cls(**d)
 
     def resolve(self) -> Settings:
+        self.check()
         profile = get_profile(self.profile)
         recipe = profile.apply(get_recipe(self.recipe))
         if self.epochs is not None:

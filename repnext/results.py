@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from .files import atomic_write_text
+from .errors import StoreError
+from .files import atomic_write_text, write_failure
 
 DEFAULT_RESULTS = Path(os.environ.get("REPNEXT_RESULTS", "results"))
 
@@ -55,7 +56,18 @@ def write_json(path: Path, obj: object) -> Path:
 
 
 def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON object in ``path``, None when there is no such file; a file that is not JSON raises naming it."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a JSON file; move it away")
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+    if not isinstance(obj, dict):
+        raise StoreError(f"{path} holds a JSON {type(obj).__name__}, not an object; fix or delete it")
+    return obj
 
 
 def write_log(path: Path, history: list[dict]) -> Path:
@@ -71,8 +83,10 @@ def save_checkpoint(path: Path, state: dict) -> Path:
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # torch reports a full disk as "[enforce fail ...] unexpected pos"
+            raise write_failure(path, e) from None
         raise
     return path
 

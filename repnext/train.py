@@ -45,6 +45,9 @@ from .checkpoint import CheckpointError
 from .complexity import count_macs, count_params, inference_form
 from .config import RunConfig, Settings
 from .data import DatasetError, DataSplits, Transformed, build_dataset, sample_seed, seed_everything
+from .errors import RepnextError
+from .lock import holds_run_lock
+from .preflight import check_device, check_model, check_resumable, check_run_folder
 from .recipes import Recipe
 from .results import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
 
@@ -257,7 +260,7 @@ def build_teacher(s: Settings, splits: DataSplits, output: Path, device: torch.d
         teacher_cfg = dataclasses.replace(
             s.config, model=name, distillation=False, epochs=s.profile.teacher_epochs, teacher_checkpoint=None)
         folder = output.parent / ".teachers" / teacher_cfg.run_id
-        train(teacher_cfg, folder, progress=progress)
+        train(teacher_cfg, folder, progress=progress, wait_for_lock=True)
         path = folder / "checkpoint.pth"
     else:
         raise TrainingError(f"distillation with the {s.profile.name} profile needs --teacher-checkpoint "
@@ -339,6 +342,7 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, env: Di
     return {"loss": loss / n, "acc1": 100 * c1 / n, "acc5": 100 * c5 / n, "n": int(n)}
 
 
+@holds_run_lock
 def train(
         config: RunConfig,
         output: str | Path,
@@ -352,6 +356,7 @@ def train(
     ``should_stop`` is polled after every step: when it returns True the run checkpoints mid-epoch and
     raises ``Interrupted`` (``StopRequests`` wires SIGTERM/SIGUSR2 and a stop file to it).
     ``extra`` is merged into the record (what a table measures beside the training, e.g. its complexity).
+    The run holds its folder's lock (``repnext.lock``) throughout; ``wait_for_lock=True`` waits for a holder.
     """
     paths = RunPaths(Path(output).expanduser())
     settings = config.resolve()
@@ -361,14 +366,11 @@ def train(
         raise TrainingError(f"cannot create output folder {paths.root}: {e.strerror}") from None
     if not os.access(paths.root, os.W_OK):
         raise TrainingError(f"output folder {paths.root} is not writable")
-    stored = read_json(paths.config)
-    if stored is not None and stored["config"] != dataclasses.asdict(config):
-        stored_id = stored.get("run_id")
-        raise TrainingError(f"{paths.root} holds another run ({stored_id}, not {config.run_id}); "
-                            "choose another --output")
+    check_run_folder(paths, config)
     record = read_json(paths.record)
     if record is not None and record.get("status") == "complete":
         return record
+    check_resumable(paths.checkpoint, config.run_id)
 
     device = pick_device(config.device)
     env = init_distributed(device)
@@ -376,8 +378,6 @@ def train(
         splits = build_dataset(settings.data, config.data_root, settings.img_size)
     except DatasetError as e:
         raise TrainingError(str(e)) from None
-    if env.main:
-        write_json(paths.config, settings.as_dict())
     seed_everything(sample_seed(settings.seed, env.rank))
     model = create_student(settings, splits.num_classes).to(device)
     profile, recipe = settings.profile, settings.recipe
@@ -387,6 +387,8 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     teacher = build_teacher(settings, splits, paths.root, device, progress) if config.distillation else None
     train_loader, val_loader = build_loaders(settings, splits, env, model)
+    if env.main:  # written once all of the above has been accepted: a failed start claims no folder
+        write_json(paths.config, settings.as_dict())
 
     optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=settings.lr, weight_decay=recipe.weight_decay,
                                     eps=recipe.opt_eps)
@@ -571,13 +573,16 @@ def main(argv: list[str] | None = None) -> int:
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     config = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
+        config.resolve()
+        check_device(config.device)
+        check_model(config.model)
         with StopRequests() as should_stop:
             record = train(config, args.output, progress=not args.no_progress, should_stop=should_stop)
     except Interrupted as e:
         signum = should_stop.received[0]
         print(f"interrupted by {signal.Signals(signum).name}: {e}", file=sys.stderr)
         return 128 + signum
-    except (TrainingError, CheckpointError, ValueError) as e:
+    except (TrainingError, CheckpointError, RepnextError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:

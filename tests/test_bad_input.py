@@ -1,0 +1,135 @@
+"""Issue 16: every bad input and fault gets one line naming the value, a non-zero exit, no traceback, and
+leaves the files as they were. The CLIs run in-process (``main(argv)``): an uncaught exception fails the test
+as a traceback would; the runner's signal handling runs as a real subprocess."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from repnext.config import RunConfig
+from repnext.lock import RunLock
+from repnext.train import main as train_main
+
+TINY = ("--data", "synthetic", "--epochs", "1", "--batch-size", "8", "--img-size", "32", "--no-progress")
+
+
+def one_line(capsys, rc: int, expected_rc: int = 1) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == expected_rc, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def snapshot(folder: Path) -> dict:
+    """The folder's files but the lock (kept: removing it would race with the next owner)."""
+    files = folder.iterdir() if folder.exists() else ()
+    return {p.name: p.read_bytes() for p in files if p.is_file() and p.name != ".lock"}
+
+
+def train_cli(capsys, output: Path, *args: str, model: str = "repnext_m0") -> str:
+    before = snapshot(output)
+    line = one_line(capsys, train_main(["--model", model, *TINY, "--output", str(output), *args]))
+    assert snapshot(output) == before  # nothing written, nothing lost
+    assert not (output / "config.json").exists() or "config.json" in before
+    return line
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory) -> Path:
+    """A complete tiny run (1 epoch, 64 synthetic images: ~2 s)."""
+    out = tmp_path_factory.mktemp("done") / "run"
+    assert train_main(["--model", "repnext_m0", *TINY, "--output", str(out)]) == 0
+    return out
+
+
+# --- training CLI ---------------------------------------------------------------------------------------
+
+def test_01_failed_start_claims_no_folder(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert "'repnext_m9' is not a timm model" in train_cli(capsys, out, model="repnext_m9")
+    assert train_main(["--model", "repnext_m0", *TINY, "--output", str(out)]) == 0  # the corrected run
+
+
+@pytest.mark.parametrize("value", ["0", "-1"])
+def test_02_epochs_must_be_positive(tmp_path, capsys, value):
+    assert f"--epochs must be a positive integer, got {value}" in train_cli(capsys, tmp_path / "r", "--epochs", value)
+
+
+@pytest.mark.parametrize("flag", ["--batch-size", "--img-size"])
+def test_03_non_positive_sizes_are_refused(tmp_path, capsys, flag):
+    assert f"{flag} must be a positive integer, got 0" in train_cli(capsys, tmp_path / "r", flag, "0")
+
+
+def test_04_img_size_below_the_networks_stride(tmp_path, capsys):
+    assert "--img-size 7 is below 32" in train_cli(capsys, tmp_path / "r", "--img-size", "7")
+
+
+@pytest.mark.parametrize("device", ["tpu9", "cuda:99"])
+def test_05_unknown_device(tmp_path, capsys, device):
+    assert f"--device {device!r}" in train_cli(capsys, tmp_path / "r", "--device", device)
+
+
+def test_06_location_fields_do_not_block_a_resume(done, tmp_path, capsys):
+    assert train_main(["--model", "repnext_m0", *TINY, "--output", str(done), "--device", "cpu", "--workers", "0",
+                       "--data-root", str(tmp_path), "--teacher-checkpoint", str(tmp_path / "t.pth")]) == 0
+    assert "best top-1" in capsys.readouterr().out
+    assert RunConfig(model="repnext_m0", data="digits").run_id == RunConfig(model="repnext_m0").run_id
+
+
+def test_07_empty_checkpoint(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pth").write_bytes(b"")
+    assert "checkpoint.pth: is empty (0 bytes)" in train_cli(capsys, tmp_path / "r")
+
+
+def test_08_foreign_checkpoints(done, tmp_path, capsys):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "checkpoint.pth").write_bytes((done / "checkpoint.pth").read_bytes())
+    assert "it is run repnext_m0-" in train_cli(capsys, other, model="repnext_m1")  # another model's
+    ckpt = torch.load(done / "checkpoint.pth", weights_only=True)
+    del ckpt["optimizer"]
+    torch.save(ckpt, tmp_path / "no_opt.pth")
+    (tmp_path / "no_opt.pth").replace(other / "checkpoint.pth")
+    assert "not a training checkpoint of this engine (no optimizer)" in train_cli(capsys, other)
+    (tmp_path / "dir" / "checkpoint.pth").mkdir(parents=True)
+    assert "checkpoint.pth is a directory" in train_cli(capsys, tmp_path / "dir")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or sys.platform != "linux", reason="mounting a small tmpfs needs root")
+def test_09_full_disk_names_the_file_and_the_cause(tmp_path, capsys):
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=5m", "tmpfs", str(small)], check=True)
+    try:
+        rc = train_main(["--model", "repnext_m0", *TINY, "--output", str(small / "r")])
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after timm's scheduler warning
+        assert rc == 1 and f"cannot write {small / 'r' / 'checkpoint.pth'}: no space left on device" in err
+        assert not list((small / "r").glob(".checkpoint.pth.*"))  # the partial temporary file is gone
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_10_invalid_config_json_is_named(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.json").write_text('{"run_id": "x\x01"}')
+    assert "config.json is not valid JSON (Invalid control character" in train_cli(capsys, tmp_path / "r")
+
+
+def test_11_a_second_process_on_one_folder_is_refused(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); "
+                               "os.write(fd, f'{os.getpid()} on host'.encode()); print(flush=True); time.sleep(60)",
+                               str(out / ".lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        assert f"is in use by process {holder.pid} on host" in train_cli(capsys, out)
+    finally:
+        holder.kill()
+        holder.wait()
+    RunLock(out).acquire().release()  # the killed holder left no stuck lock
