@@ -133,3 +133,44 @@ def test_11_a_second_process_on_one_folder_is_refused(tmp_path, capsys):
         holder.kill()
         holder.wait()
     RunLock(out).acquire().release()  # the killed holder left no stuck lock
+
+
+# --- loading weights -------------------------------------------------------------------------------------
+
+def test_12_a_directory_as_weights_file(tmp_path):
+    import timm
+
+    from repnext.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match=f"checkpoint {tmp_path} is a directory, not a file"):
+        timm.create_model("repnext_m0", pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path)))
+
+
+def test_13_nan_and_inf_tensors_are_named(tmp_path):
+    import timm
+
+    from repnext.checkpoint import CheckpointError
+
+    state = timm.create_model("repnext_m0").state_dict()
+    bad = sorted([next(iter(state)), [k for k in state if k.endswith("weight")][-1]])
+    state[bad[0]].view(-1)[0], state[bad[1]].view(-1)[-1] = float("nan"), float("inf")
+    torch.save({"model": state}, tmp_path / "diverged.pth")
+    with pytest.raises(CheckpointError, match=f"NaN or inf values in 2 tensor\\(s\\): {bad[0]}, {bad[1]}$"):
+        timm.create_model("repnext_m0", pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "diverged.pth")))
+
+
+class Payload:
+    def __reduce__(self):
+        return (os.system, ("echo executed",))
+
+
+def test_14_refusal_of_a_malicious_file_gives_no_weights_only_false_advice(tmp_path):
+    from repnext.checkpoint import CheckpointError, read_checkpoint
+
+    torch.save({"model": {"w": torch.zeros(1)}, "evil": Payload()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError) as refused:
+        read_checkpoint(tmp_path / "evil.pth")
+    line = str(refused.value)
+    assert "\n" not in line and "unsupported GLOBAL posix.system" in line
+    assert "weights_only=False" not in line and "will likely succeed" not in line
