@@ -7,12 +7,14 @@ results gives identical files.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from repnext.errors import StoreError
 from repnext.files import atomic_write_text
 from repnext.profiles import get_profile
 from repnext.reference import PaperValue, paper_values
@@ -78,8 +80,18 @@ METRICS = {
 }
 
 
+_UNREADABLE: set[str] = set()  # records already reported unreadable (a table reads each record several times)
+
+
 def complete_record(run: Run, results: Path) -> dict | None:
-    record = read_json(run.folder(results) / "record.json")
+    """The run's record if it is complete; an unreadable record.json is named (once) and counts as missing."""
+    try:
+        record = read_json(run.folder(results) / "record.json")
+    except StoreError as e:
+        if str(e) not in _UNREADABLE:
+            _UNREADABLE.add(str(e))
+            print(f"warning: {e}; run {run.run_id} counts as not complete", file=sys.stderr)
+        return None
     return record if record is not None and record.get("status") == "complete" else None
 
 

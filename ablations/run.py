@@ -21,7 +21,7 @@ from pathlib import Path
 from ablations import PAPER_TABLES
 from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_profile, make_executor, slurm_parameters
 from ablations.render import index_entry, render_index, render_table
-from ablations.runner import execute, failure_report, pending_runs
+from ablations.runner import RunnerInterrupted, execute, failure_report, pending_runs
 from ablations.spec import SpecError, available_tables, load_spec
 from repnext.profiles import PROFILES, get_profile
 from repnext.results import DEFAULT_RESULTS
@@ -129,8 +129,12 @@ def main(argv: list[str] | None = None) -> int:
             continue
         if todo and not args.render_only:
             start = time.perf_counter()
-            outcomes = execute(spec, todo, results, args.cluster, max_parallel, slurm, tasks_per_node,
-                               progress=not args.no_progress)
+            try:
+                outcomes = execute(spec, todo, results, args.cluster, max_parallel, slurm, tasks_per_node,
+                                   progress=not args.no_progress)
+            except RunnerInterrupted as e:
+                print(f"{parser.prog}: {e}", file=sys.stderr)
+                return 128 + e.signum
             failed = [o for o in outcomes if o.status == "failed"]
             print(f"{spec.name}: {len(outcomes) - len(failed)} complete, {len(failed)} failed "
                   f"in {time.perf_counter() - start:.0f} s")
@@ -170,4 +174,8 @@ def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # outside a table's jobs (those are stopped by the runner): nothing to stop
+        print("ablations/run.py: interrupted by SIGINT", file=sys.stderr)
+        sys.exit(130)

@@ -7,8 +7,12 @@ job by job, never more than ``--max-parallel`` at a time.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -17,6 +21,7 @@ from pathlib import Path
 import submitit
 from tqdm import tqdm
 
+from repnext.errors import StoreError
 from repnext.results import RunPaths, read_json
 
 from .clusters import SlurmProfile, make_executor
@@ -26,6 +31,17 @@ from .spec import Run, TableSpec
 
 POLL_S = 1.0
 ERROR_LINES = 6
+STOP_WAIT_S = 120.0  # how long stopped jobs get to start (a kernel), checkpoint and end before they are killed
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_received: list[int] = []  # STOP_SIGNALS that arrived while ``execute`` ran
+
+
+class RunnerInterrupted(Exception):
+    """SIGINT/SIGTERM arrived: the runner stopped its jobs (each checkpointed) and ends; a re-run resumes."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -67,7 +83,10 @@ def _epochs_done(run: Run, results: Path) -> int:
 def _outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
     folder = run.folder(results)
     notebook = folder / "run.ipynb"
-    record = read_json(folder / "record.json")
+    try:
+        record = read_json(folder / "record.json")
+    except StoreError as e:
+        record = {"error": str(e)}
     if record is not None and record.get("status") == "complete":
         return Outcome(run, "complete", notebook=notebook)
     if record is not None and record.get("error"):
@@ -82,6 +101,65 @@ def _outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
     return Outcome(run, "failed", tail, notebook if notebook.exists() else None, log)
 
 
+def stops_jobs_on_signals(fn):
+    """While ``fn`` runs, SIGINT/SIGTERM are noted (in ``_received``) for its loop to stop the jobs, not raised."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+        _received.clear()
+        handlers = {sig: signal.signal(sig, lambda signum, frame: _received.append(signum)) for sig in STOP_SIGNALS}
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    return wrapper
+
+
+def _submit(executor: submitit.Executor, function: NotebookJob, task: NotebookTask) -> submitit.Job:
+    """Submit with SIGINT ignored: the local controller and job inherit that, so Ctrl-C to the terminal's process
+    group reaches the runner alone, which stops the jobs in order (a checkpoint, a complete run.ipynb)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        return executor.submit(function, task)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def stop_jobs(live: list[tuple[NotebookTask, submitit.Job]], signum: int) -> RunnerInterrupted:
+    """Ask every live job's training for a checkpoint through its stop file (touched until the job ends, so a
+    training that starts later sees it too), wait for them to end, kill what is left after ``STOP_WAIT_S``."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    n = len(live)
+    while live and time.monotonic() < deadline:
+        for task, _ in live:
+            try:
+                Path(task.stop).touch()
+            except OSError:  # the job has not created its run folder yet
+                pass
+        time.sleep(POLL_S)
+        live = [(task, job) for task, job in live if not job.done()]
+    for _, job in live:
+        job.cancel(check=False)
+    killed = f", {len(live)} killed after {STOP_WAIT_S:.0f} s" if live else ""
+    return RunnerInterrupted(signum, f"interrupted by {signal.Signals(signum).name}: stopped {n} running job(s), "
+                                     f"each checkpointed{killed}; run the same command again to resume")
+
+
+def prune_submission(folder: Path, outcomes: list[Outcome]) -> None:
+    """Remove this invocation's submitit folder (pickles, job logs) unless a failed run's report points into it."""
+    if all(o.status == "complete" for o in outcomes):
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()  # .submitit itself, when no other invocation's folder is left
+        except OSError:
+            pass
+
+
+@stops_jobs_on_signals
 def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_parallel: int,
             slurm: SlurmProfile | None = None, tasks_per_node: int = 1, progress: bool = True) -> list[Outcome]:
     """Submit ``runs`` and wait for all of them; the outcome of each, in the order of ``runs``."""
@@ -93,7 +171,7 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
     jobs: dict[str, tuple[Run, submitit.Job]] = {}
     if cluster == "slurm":
         with executor.batch():
-            submitted = [(run, executor.submit(function, tasks[run.run_id])) for run in queue]
+            submitted = [(run, _submit(executor, function, tasks[run.run_id])) for run in queue]
         jobs = {run.run_id: (run, job) for run, job in submitted}
         queue = []
     outcomes: dict[str, Outcome] = {}
@@ -101,9 +179,15 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
     bar = tqdm(total=total_epochs, desc=f"{spec.name} ({cluster})", unit="epoch", disable=not progress,
                mininterval=POLL_S if sys.stderr.isatty() else 30)  # a log file gets a line per 30 s
     while len(outcomes) < len(runs):
+        if _received:
+            bar.close()
+            interrupted = stop_jobs([(tasks[i], job) for i, (_, job) in jobs.items() if i not in outcomes],
+                                    _received[0])
+            prune_submission(folder, [])  # nothing failed: the run folders hold the checkpoints and notebooks
+            raise interrupted
         while queue and len(jobs) - len(outcomes) < max_parallel:
             run = queue.pop(0)
-            jobs[run.run_id] = (run, executor.submit(function, tasks[run.run_id]))
+            jobs[run.run_id] = (run, _submit(executor, function, tasks[run.run_id]))
         running = 0
         for run_id, (run, job) in jobs.items():
             if run_id in outcomes:
@@ -121,6 +205,7 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
         if len(outcomes) < len(runs):
             time.sleep(POLL_S)
     bar.close()
+    prune_submission(folder, list(outcomes.values()))
     return [outcomes[run.run_id] for run in runs]
 
 

@@ -2,8 +2,10 @@
 leaves the files as they were. The CLIs run in-process (``main(argv)``): an uncaught exception fails the test
 as a traceback would; the runner's signal handling runs as a real subprocess."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -174,3 +176,72 @@ def test_14_refusal_of_a_malicious_file_gives_no_weights_only_false_advice(tmp_p
     line = str(refused.value)
     assert "\n" not in line and "unsupported GLOBAL posix.system" in line
     assert "weights_only=False" not in line and "will likely succeed" not in line
+
+
+# --- runner ----------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN_PY = ROOT / "ablations" / "run.py"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def test_16_an_unparsable_record_is_named_and_the_table_renders(tmp_path, capsys):
+    from ablations.run import main as run_main
+    from ablations.spec import load_spec
+
+    results, tables = tmp_path / "results", tmp_path / "tables"
+    run = load_spec("downsample").expand("smoke")[0]
+    bad = run.folder(results) / "record.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"status": "complete",')
+    assert run_main(["--table", "downsample", "--render-only", "--results", str(results), "--tables-dir",
+                     str(tables)]) == 0
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines() == [f"warning: {bad} is not valid JSON (Expecting property name enclosed in double "
+                                f"quotes: line 1 column 23 (char 22)); fix or delete it; run {run.run_id} counts "
+                                "as not complete"]
+    assert (tables / "downsample.md").is_file() and bad.read_text() == '{"status": "complete",'
+
+
+@pytest.mark.slow
+def test_17_sigint_to_the_runners_group_stops_its_jobs_with_a_checkpoint(tmp_path):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) while a local job trains: ~45 s."""
+    run_id = "repnext_m0-70c2f4c42d"  # compact, smoke: RepNeXt-M0 for 3 epochs
+    results = tmp_path / "results"
+    folder = results / "compact" / run_id
+    runner = subprocess.Popen([sys.executable, str(RUN_PY), "--table", "compact", "--only", run_id, "--results",
+                               str(results), "--tables-dir", str(tmp_path / "tables"), "--no-progress"],
+                              env=ENV, cwd=tmp_path, start_new_session=True, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (folder / "config.json").exists():  # the training has started
+            assert runner.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        os.killpg(runner.pid, signal.SIGINT)
+        _, err = runner.communicate(timeout=200)
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
+    assert runner.returncode == 130 and "Traceback" not in err
+    assert err.strip().splitlines() == ["ablations/run.py: interrupted by SIGINT: stopped 1 running job(s), each "
+                                        "checkpointed; run the same command again to resume"]
+    assert torch.load(folder / "checkpoint.pth", weights_only=True)["run_id"] == run_id
+    assert (folder / "run.ipynb").stat().st_size > 0 and not (folder / "record.json").exists()
+    RunLock(folder).acquire().release()  # no training left running in the folder
+    assert not (results / ".submitit").exists()
+
+
+def test_18_a_finished_submission_folder_is_pruned_a_failed_one_kept(tmp_path):
+    from ablations.runner import Outcome, prune_submission
+    from ablations.spec import load_spec
+
+    run = load_spec("downsample").expand("smoke")[0]
+    first, second = tmp_path / ".submitit" / "a", tmp_path / ".submitit" / "b"
+    for folder in (first, second):
+        (folder / "logs").mkdir(parents=True)
+    prune_submission(first, [Outcome(run, "failed", "boom")])
+    prune_submission(second, [Outcome(run, "complete")])
+    assert first.is_dir() and not second.exists()
+    prune_submission(first, [Outcome(run, "complete")])
+    assert not (tmp_path / ".submitit").exists()
