@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 import repnext
 
+from .preflight import PreflightError, check_device
 from .results import DEFAULT_RESULTS, write_json
 from .train import Dist, cpu_name, environment
 
@@ -211,6 +212,16 @@ def online_reparam_gain(cases: list[Case]) -> list[str]:
     return ["", *lines] if lines else []
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """Sizes and counts that are positive, a device this machine has (``auto`` resolved)."""
+    for flag in ("batch", "img_size", "rounds", "iters", "threads"):
+        if getattr(args, flag) < 1:
+            raise PreflightError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    check_device(args.device)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repnext.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["repnext_m1"])
@@ -231,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
     parser.add_argument("--no-save", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        check_arguments(args)
+    except PreflightError as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
     for name in args.models + args.refs:
         if not timm.is_model(name):
             parser.error(f"unknown model {name!r}; see timm.list_models() (repnext registers repnext_m0..m5e)")

@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from .checkpoint import adapt_state_dict, read_checkpoint
 from .complexity import inference_form
+from .config import MIN_IMG_SIZE
 from .models import RepNeXt
 from .results import write_json
 
@@ -305,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
 
+    if args.output.exists() and not args.output.is_dir():
+        return fail(f"--output {args.output} is a file; give a folder for the artifacts and records")
+    if args.img_size < MIN_IMG_SIZE:
+        return fail(f"--img-size {args.img_size} is below {MIN_IMG_SIZE}, the smallest input the models' stride-32 "
+                    "stem and stages accept")
     unknown = [name for name in args.model if not timm.is_model(name)]
     if unknown:
         return fail(f"unknown model(s) {', '.join(map(repr, unknown))}; `python -m repnext.models` lists them")

@@ -245,3 +245,27 @@ def test_18_a_finished_submission_folder_is_pruned_a_failed_one_kept(tmp_path):
     assert first.is_dir() and not second.exists()
     prune_submission(first, [Outcome(run, "complete")])
     assert not (tmp_path / ".submitit").exists()
+
+
+# --- export and bench ------------------------------------------------------------------------------------
+
+def test_19_export_output_file_and_img_size(tmp_path, capsys):
+    from repnext.export import main as export_main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    line = one_line(capsys, export_main(["--model", "repnext_m0", "--output", str(blocker)]), 2)
+    assert line == f"error: --output {blocker} is a file; give a folder for the artifacts and records"
+    line = one_line(capsys, export_main(["--model", "repnext_m0", "--output", str(tmp_path / "x"), "--img-size", "0"]),
+                    2)
+    assert "--img-size 0 is below 32" in line
+    assert blocker.read_text() == "x" and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("device", ["cuda:99", pytest.param("cuda", marks=pytest.mark.skipif(
+    torch.cuda.is_available(), reason="a GPU is here"))])
+def test_20_bench_on_a_missing_gpu(tmp_path, capsys, device):
+    from repnext.bench import main as bench_main
+
+    line = one_line(capsys, bench_main(["--device", device, "--results", str(tmp_path)]), 2)
+    assert f"--device {device!r}: this machine has " in line and not any(tmp_path.iterdir())
