@@ -12,6 +12,7 @@ from .recipes import Recipe, get_recipe
 
 # fields that say where things are, not what the experiment is: not part of the run id
 LOCATION_FIELDS = ("data_root", "teacher_checkpoint", "workers", "device")
+DATASETS = ("digits", "synthetic", "imagenet", "cifar100")
 POSITIVE_FIELDS = ("epochs", "batch_size", "img_size")
 MIN_IMG_SIZE = 32  # the models' stem and stages downsample 32x: a smaller input trains on padding
 

@@ -17,6 +17,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .config import DATASETS
+
 IMAGENET_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (ImageFolder)"
 CIFAR_LAYOUT = "ROOT/cifar-100-python/{train,test,meta} (the python-pickle release, unpacked)"
 
@@ -153,9 +155,6 @@ def cifar100(root: str | Path) -> DataSplits:
             raise DatasetError(f"{folder / name} is not a CIFAR-100 python file ({e}); expected {CIFAR_LAYOUT}"
                                ) from None
     return DataSplits(splits[0], splits[1], 100, description=f"CIFAR-100 {folder}")
-
-
-DATASETS = ("digits", "synthetic", "imagenet", "cifar100")
 
 
 def build_dataset(name: str, root: str | Path | None = None, img_size: int = 32) -> DataSplits:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .checkpoint import CheckpointError, load_weights_only
 from .config import RunConfig
 from .errors import RepnextError
 from .results import RunPaths, read_json
@@ -22,10 +21,14 @@ class PreflightError(RepnextError):
     """A run that must not start: a bad device or model name, or a folder that holds something else."""
 
 
-def check_device(name: str) -> None:
-    """Refuse a device name torch does not know or this machine lacks, before torch is asked to build one."""
+def check_device_name(name: str) -> None:
     if not DEVICE.fullmatch(name):
         raise PreflightError(f"--device {name!r} is not a device; expected auto, cpu, mps, cuda or cuda:N")
+
+
+def check_device(name: str) -> None:
+    """Refuse a device name torch does not know or this machine lacks, before torch is asked to build one."""
+    check_device_name(name)
     if name.startswith("cuda"):
         import torch
 
@@ -67,6 +70,8 @@ def check_resumable(checkpoint: Path, run_id: str) -> None:
         return
     if not checkpoint.is_file():
         raise PreflightError(f"{checkpoint} is a directory, not a checkpoint; move it away to start the run")
+    from .checkpoint import CheckpointError, load_weights_only  # torch: only when there is a checkpoint
+
     what = f"cannot resume from {checkpoint}"
     try:
         ckpt = load_weights_only(checkpoint)

@@ -13,8 +13,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .errors import StoreError
 from .files import atomic_write_text, write_failure
 
@@ -77,6 +75,8 @@ def write_log(path: Path, history: list[dict]) -> Path:
 
 def save_checkpoint(path: Path, state: dict) -> Path:
     """torch.save to a temporary name, then rename: a crash leaves the previous checkpoint intact."""
+    import torch  # here: the store's paths and JSON files serve command lines that must not wait for torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -92,6 +92,8 @@ def save_checkpoint(path: Path, state: dict) -> Path:
 
 
 def load_checkpoint(path: Path) -> dict:
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=True)
 
 

@@ -11,7 +11,11 @@ augmentation and mixup are seeded by (seed, epoch, position), not by process sta
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # python -m repnext.train: a bad argument is answered before the imports below
+    from repnext.cli import reject_bad_train_arguments
+
+    reject_bad_train_arguments()
+
 import dataclasses
 import math
 import os
@@ -42,6 +46,7 @@ from tqdm import tqdm
 import repnext
 
 from .checkpoint import CheckpointError
+from .cli import parse_train_arguments
 from .complexity import count_macs, count_params, inference_form
 from .config import RunConfig, Settings
 from .data import DatasetError, DataSplits, Transformed, build_dataset, sample_seed, seed_everything
@@ -542,38 +547,9 @@ def train(
 
 # --- command line ----------------------------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
-    from .profiles import PROFILES
-    from .recipes import RECIPES
-
-    p = argparse.ArgumentParser(prog="python -m repnext.train", description=__doc__.splitlines()[0])
-    p.add_argument("--model", required=True, help="a timm model name, e.g. repnext_m0")
-    p.add_argument("--recipe", default="repvit", choices=sorted(RECIPES))
-    p.add_argument("--profile", default="smoke", choices=sorted(PROFILES),
-                   help="; ".join(f"{name}: {prof.description}" for name, prof in PROFILES.items()))
-    p.add_argument("--data", choices=DATASETS, help="default: the profile's")
-    p.add_argument("--data-root", help="folder of ImageNet (train/, val/) or CIFAR-100 (cifar-100-python/)")
-    p.add_argument("--output", required=True, help="the run's folder in the results store")
-    p.add_argument("--distillation", action="store_true", help="DeiT hard distillation from the recipe's teacher")
-    p.add_argument("--teacher-checkpoint", help="teacher weights (full profile: regnety_160 from DeiT)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="total batch over all processes")
-    p.add_argument("--img-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--workers", type=int)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--no-progress", action="store_true")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    config = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
     try:
-        config.resolve()
+        args, config = parse_train_arguments(argv)
         check_device(config.device)
         check_model(config.model)
         with StopRequests() as should_stop:
