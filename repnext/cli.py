@@ -44,6 +44,8 @@ def parse_train_arguments(argv: list[str] | None = None) -> tuple[argparse.Names
     from .preflight import check_device_name
 
     args = train_parser().parse_args(argv)
+    if args.data is not None and args.data == PROFILES[args.profile].data:
+        args.data = None  # the profile's own dataset named: the same run as without --data
     fields = {f.name for f in dataclasses.fields(RunConfig)}
     config = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
     config.resolve()

@@ -39,10 +39,7 @@ class RunConfig:
     device: str = "auto"
 
     def canonical(self) -> dict:
-        """What the run is: location fields left out, no dataset written as the profile's (as table specs do)."""
-        d = {k: v for k, v in dataclasses.asdict(self).items() if k not in LOCATION_FIELDS}
-        d["data"] = d["data"] or get_profile(self.profile).data
-        return d
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in LOCATION_FIELDS}
 
     def check(self) -> None:
         """Raise naming the first value no run can use (before anything is built or written)."""
