@@ -18,6 +18,11 @@ power-of-two batch that fits: ``repnext.latency.gpu_throughput``).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m repnext.bench: a bad argument is answered before the imports below
+    from repnext.cli import bench_argument_error, bench_parser, reject_bad_arguments
+
+    reject_bad_arguments(bench_parser(), bench_argument_error)
+
 import argparse
 import contextlib
 import statistics
@@ -26,7 +31,6 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 
 import timm
 import torch
@@ -36,15 +40,14 @@ from tqdm import tqdm
 
 import repnext
 
+from .cli import BENCH_MODELS, BENCH_REFS, BENCH_TASKS, bench_argument_error, bench_parser
 from .preflight import PreflightError, check_device
-from .results import DEFAULT_RESULTS, write_json
+from .results import write_json
 from .train import Dist, cpu_name, environment
 
 REPNEXT_FORMS = ("train", "branchwise", "official", "full", "full_noinplace", "single_branch")
 REFERENCE_FORMS = ("train", "fused")
-TASKS = ("latency", "throughput", "train")
-ALL_REPNEXT = tuple(f"repnext_m{i}" for i in range(6))
-ALL_REFS = ("repvit_m0_9", "repvit_m1_0", "repvit_m1_1", "repvit_m1_5", "convnext_femto")
+TASKS, ALL_REPNEXT, ALL_REFS = BENCH_TASKS, BENCH_MODELS, BENCH_REFS
 
 
 @dataclass
@@ -213,34 +216,18 @@ def online_reparam_gain(cases: list[Case]) -> list[str]:
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """Sizes and counts that are positive, a device this machine has (``auto`` resolved)."""
-    for flag in ("batch", "img_size", "rounds", "iters", "threads"):
-        if getattr(args, flag) < 1:
-            raise PreflightError(f"--{flag.replace('_', '-')} must be a positive integer, got {getattr(args, flag)}")
+    """Sizes and counts that are positive, a device this machine has (``auto`` and the threads resolved)."""
+    message = bench_argument_error(args)
+    if message is not None:
+        raise PreflightError(message)
     check_device(args.device)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    args.threads = args.threads or torch.get_num_threads()
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m repnext.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["repnext_m1"])
-    parser.add_argument("--refs", nargs="+", default=["repvit_m1_0"])
-    parser.add_argument("--all", action="store_true", help=f"models {ALL_REPNEXT} and refs {ALL_REFS}")
-    parser.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    parser.add_argument("--forms", nargs="+", help="only these forms (default: all of each model)")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--iters", type=int, default=2, help="inference calls per timing")
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--amp", default="none", choices=("none", "bfloat16", "float16"))
-    parser.add_argument("--memory-format", choices=("nchw", "channels_last", "both"), default="both")
-    parser.add_argument("--paper-throughput", action="store_true",
-                        help="CUDA only: also each model's GPU throughput measured the papers' way")
-    parser.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    parser.add_argument("--no-save", action="store_true")
+    parser = bench_parser()
     args = parser.parse_args(argv)
     try:
         check_arguments(args)

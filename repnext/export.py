@@ -11,7 +11,11 @@ batch axis, and the max abs error of onnxruntime's logits against PyTorch's, whi
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # python -m repnext.export: a bad argument is answered before the imports below
+    from repnext.cli import export_argument_error, export_parser, reject_bad_arguments
+
+    reject_bad_arguments(export_parser(), export_argument_error)
+
 import contextlib
 import logging
 import os
@@ -30,13 +34,13 @@ from torch import nn
 from tqdm import tqdm
 
 from .checkpoint import adapt_state_dict, read_checkpoint
+from .cli import EXPORT_FORMATS, export_argument_error, export_parser
 from .complexity import inference_form
-from .config import MIN_IMG_SIZE
 from .models import RepNeXt
 from .results import write_json
 
 PARITY_TOL = 1e-4
-FORMATS = ("coreml", "onnx")
+FORMATS = EXPORT_FORMATS
 
 
 class ExportError(RuntimeError):
@@ -290,14 +294,7 @@ def _summary(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m repnext.export", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", nargs="+", action="extend", required=True, help="timm model name(s)")
-    parser.add_argument("--format", choices=(*FORMATS, "both"), default="both")
-    parser.add_argument("--output", type=Path, required=True, help="folder for the artifacts and JSON records")
-    parser.add_argument("--checkpoint", type=Path, help="weights for the (single) model")
-    parser.add_argument("--img-size", type=int, default=224)
-    parser.add_argument("--opset", type=int, default=17)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser = export_parser()
     args = parser.parse_args(argv)
 
     from .train import Dist, environment  # lazy: the training module is heavy and only records need it
@@ -306,18 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {message}", file=sys.stderr)
         return 2
 
-    if args.output.exists() and not args.output.is_dir():
-        return fail(f"--output {args.output} is a file; give a folder for the artifacts and records")
-    if args.img_size < MIN_IMG_SIZE:
-        return fail(f"--img-size {args.img_size} is below {MIN_IMG_SIZE}, the smallest input the models' stride-32 "
-                    "stem and stages accept")
+    if export_argument_error(args) is not None:
+        return fail(export_argument_error(args))
     unknown = [name for name in args.model if not timm.is_model(name)]
     if unknown:
         return fail(f"unknown model(s) {', '.join(map(repr, unknown))}; `python -m repnext.models` lists them")
-    if args.checkpoint is not None and not args.checkpoint.is_file():
-        return fail(f"checkpoint {args.checkpoint} does not exist")
-    if args.checkpoint is not None and len(args.model) > 1:
-        return fail(f"--checkpoint fits one model; got {len(args.model)}")
     formats = FORMATS if args.format == "both" else (args.format,)
     env = environment(torch.device("cpu"), Dist())
     records = []
