@@ -6,6 +6,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from repnext.reference import round_half_up
+
 from .spec import Run, TableSpec
 
 Figure = Callable[[TableSpec, list[Run], Path, str, Path], list[Path]]
@@ -192,7 +194,7 @@ def latency_accuracy(spec: TableSpec, runs: list[Run], results: Path, profile: s
     notes = [f"top-1: the paper's {PAPER_ACCURACY[1]} ({tables} tables of reference.csv) unless marked "
              "as ours; the two panels' latencies come from different hardware"]
     if not unplaced.empty:
-        listed = ", ".join(f"{r.model} {r.latency_ms:.1f} ms" for r in unplaced.itertuples())
+        listed = ", ".join(f"{r.model} {round_half_up(r.latency_ms, 1)} ms" for r in unplaced.itertuples())
         notes.append(f"ticks on the latency axis: measured, no ImageNet top-1 in reference.csv or the store: {listed}")
     fig.suptitle(f"Figure 1: latency vs ImageNet-1K top-1 (profile {profile})")
     fig.supxlabel("\n".join(textwrap.fill(note, 160) for note in notes), fontsize=8)
@@ -222,7 +224,8 @@ def gradcam(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_d
             elif [str(n) for n in data["names"]] != names:
                 raise ValueError(f"{run.run_id}: its CAM images differ from the other runs' ({CAMS_FILE})")
             acc = (record.get("accuracy") or {}).get("acc1")
-            desc = f"{record['images']['img_size']} px" + (f", top-1 {acc:.0f}%" if acc is not None else "")
+            desc = f"{record['images']['img_size']} px" + (f", top-1 {round_half_up(acc, 0)}%" if acc is not None
+                                                            else "")
             for j, method in enumerate(str(m) for m in data["methods"]):
                 columns.append(f"{spec.label(run)}\n{method}, {desc}")
                 maps.append(data["cams"][:, j])

@@ -15,7 +15,7 @@ import pandas as pd
 
 from repnext.files import atomic_write_text
 from repnext.profiles import get_profile
-from repnext.reference import PaperValue, paper_values
+from repnext.reference import PaperValue, paper_values, round_half_up
 from repnext.results import read_json
 
 from .spec import Column, Run, TableSpec, load_spec
@@ -134,9 +134,9 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
                 # smoke accuracies are the digits', not ImageNet's: beside the paper's, but no delta
                 other_data = metric.trained and record.get("data") not in (None, run.paper.get("data"))
                 row[(header, "Δ")] = (MISSING if other_data or not metric.comparable
-                                      else f"{paper.delta(ours):+.{paper.decimals}f}")
+                                      else paper.format_delta(ours))
             else:
-                row[(header, "ours")] = metric.fmt.format(ours) if metric.fmt else f"{ours:.{metric.decimals}f}"
+                row[(header, "ours")] = metric.fmt.format(ours) if metric.fmt else round_half_up(ours, metric.decimals)
                 row[(header, "Δ")] = MISSING
         unique = {run.run_id: run for run in group}.values()
         row[("Runs", "")] = "; ".join(_source(run, complete_record(run, results)) for run in unique)
