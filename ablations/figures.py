@@ -41,10 +41,10 @@ def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
 
     from repnext.reference import paper_values
 
-    from .render import complete_record
+    from .render import complete_record, official_runs
 
     rows = []
-    for run in runs:
+    for run in [*runs, *official_runs(spec, results)]:
         table = f"compact_{run.paper['data']}"
         label, epochs = spec.label(run), run.paper["epochs"]
         for v in paper_values(table, run.config.model, f"top1_{epochs}e"):
@@ -52,7 +52,8 @@ def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
                          "top1": v.value})
         record = complete_record(run, results)
         if record is not None:
-            rows.append({"source": f"ours ({profile})", "data": run.paper["data"], "model": label, "epochs": epochs,
+            source = "official logs" if record.get("source") == "imported" else f"ours ({profile})"
+            rows.append({"source": source, "data": run.paper["data"], "model": label, "epochs": epochs,
                          "top1": record["best"]["acc1"]})
     frame = pd.DataFrame(rows).drop_duplicates()
     sources = list(dict.fromkeys(frame["source"]))
@@ -60,7 +61,7 @@ def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
     fig, axes = plt.subplots(len(sources), len(datasets), figsize=(4.2 * len(datasets), 3.2 * len(sources)),
                              squeeze=False, layout="constrained")
     names = {"cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}
-    models = list(dict.fromkeys(spec.label(run) for run in runs))  # one colour per model in every panel
+    models = list(dict.fromkeys(frame["model"]))  # one colour per model in every panel
     palette = dict(zip(models, sns.color_palette(n_colors=len(models))))
     for i, source in enumerate(sources):
         for j, data in enumerate(datasets):

@@ -6,6 +6,7 @@ results gives identical files.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ METRICS = {
     "params_m": Metric("Params (M)", lambda r: r["paper_setting"]["fused_params"] / 1e6),
     "gmacs": Metric("GMACs", lambda r: r["paper_setting"]["macs"] / 1e9),
     "train_params_m": Metric("Training-form params (M)", lambda r: r["paper_setting"]["train_params"] / 1e6),
-    "train_img_s": Metric("Training images/s", lambda r: r["train_images_per_second"], 1, comparable=False),
+    "train_img_s": Metric("Training images/s", lambda r: r.get("train_images_per_second"), 1,  # none if imported
+                          comparable=False),
     # the equivalence table (repnext.equivalence): errors against the training form, the single-branch form
     "err_official": Metric("Official fuse error", lambda r: r["forms"]["official"]["max_abs_error"], fmt="{:.1e}"),
     "err_full": Metric("Full fuse error", lambda r: r["forms"]["full"]["max_abs_error"], fmt="{:.1e}"),
@@ -80,7 +82,36 @@ METRICS = {
 
 def complete_record(run: Run, results: Path) -> dict | None:
     record = read_json(run.folder(results) / "record.json")
+    if record is None:  # an imported run serves every table with its cell (one run published twice upstream)
+        found = (read_json(p) for p in sorted(results.glob(f"*/{run.run_id}/record.json")))
+        record = next((r for r in found if r is not None and r.get("source") == "imported"), None)
     return record if record is not None and record.get("status") == "complete" else None
+
+
+def _imported_record(run: Run, results: Path) -> dict | None:
+    record = complete_record(run, results)
+    return record if record is not None and record.get("source") == "imported" else None
+
+
+def official_runs(spec: TableSpec, results: Path) -> list[Run]:
+    """The paper-scale cells of ``spec.official_models`` that an imported official log fills (e.g. the compact
+    table's StarNet-S1): rows shown beside the table's own, never run."""
+    if not spec.official_models:
+        return []
+    cells = dataclasses.replace(spec, grid=dict(spec.grid, model=list(spec.official_models))).expand("full")
+    models = {run.config.model for run in cells if _imported_record(run, results) is not None}
+    return [run for run in cells if run.config.model in models]
+
+
+def _official_value(spec: TableSpec, column: Column, group: list[Run], results: Path) -> str:
+    """An ``official`` column: the imported official log of the row's paper-scale cell, whatever the profile."""
+    cells = [run.paper for run in group if all(run.paper.get(k) == v for k, v in column.where.items())]
+    metric = METRICS[column.metric]
+    for run in spec.expand("full"):
+        record = _imported_record(run, results) if run.paper in cells else None
+        if record is not None:
+            return round_half_up(metric.value(record), metric.decimals)
+    return MISSING
 
 
 def _paper(spec: TableSpec, column: Column, run: Run) -> PaperValue | None:
@@ -115,7 +146,7 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
     """One row per row key (``spec.rows``, default the model); columns (header, paper|ours|Δ), all formatted
     at the paper's precision, and the row's runs."""
     groups: dict[tuple, list[Run]] = {}
-    for run in runs:
+    for run in [*runs, *official_runs(spec, results)]:
         groups.setdefault(tuple(run.paper[f] for f in spec.rows), []).append(run)
     rows, index = [], []
     for group in groups.values():
@@ -123,6 +154,9 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
         for column in spec.columns:
             metric = METRICS[column.metric]
             header = column.header or metric.header
+            if column.official:
+                row[(header, "")] = _official_value(spec, column, group, results)
+                continue
             run, record = _cell(spec, column, group, results)
             paper = _paper(spec, column, run) if run is not None else None
             ours = metric.value(record) if record is not None else None

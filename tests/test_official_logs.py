@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ablations.render import render_table, table_frame
+from ablations.spec import load_spec
 from repnext.complexity import measure
 from repnext.config import RunConfig
 from repnext.logs import official_files
@@ -294,3 +296,36 @@ def test_a_published_name_with_another_batch_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(fake) in err[0] and "batch 2048" in err[0] and "batch 1024" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_srp_table_shows_the_official_logs_in_every_profile(imported):
+    _, results, _ = imported
+    spec = load_spec("srp")
+    official = {"RepNeXt-M1 (SRP branches)": "75.97", "RepNeXt-M1, plain DW convs": "75.34"}
+    for profile, ours in (("smoke", {k: "—" for k in official}), ("full", official)):
+        frame = table_frame(spec, spec.expand(profile), results)
+        assert frame[("Top-1, official logs (%)", "")].to_dict() == official
+        assert frame[("Top-1 (%)", "ours")].to_dict() == ours  # full: the paper-scale cells are the imported runs
+
+
+@pytest.mark.slow
+def test_compact_table_and_figure_from_the_official_logs(imported, tmp_path):
+    _, results, _ = imported
+    spec = load_spec("compact")
+    frame = table_frame(spec, spec.expand("full"), results)
+    m0e = frame.loc["RepNeXt-M0E"]
+    top1 = [h for h, part in frame.columns if part == "Δ" and h.endswith("e (%)")]
+    assert len(top1) == 8 and all(m0e[(h, "Δ")] == "+0.00" for h in top1)
+    assert (m0e[("CIFAR-100 100e (%)", "ours")], m0e[("ImageNet 400e (%)", "ours")]) == ("73.56", "72.53")
+    # the ImageNet 300e M0 cell is the imagenet table's run, imported once from either copy
+    assert frame.loc["RepNeXt-M0"][("ImageNet 300e (%)", "ours")] == "72.56"
+    starnet = frame.loc["StarNet-S1 (official logs)"]
+    assert (starnet[("CIFAR-100 100e (%)", "paper")], starnet[("CIFAR-100 100e (%)", "ours")]) == ("—", "62.00")
+    assert starnet[("ImageNet 400e (%)", "ours")] == "68.00" and "starnet_s1_imgnet_400e.txt" in starnet[("Runs", "")]
+    smoke = table_frame(spec, spec.expand("smoke"), results)
+    assert smoke.loc["StarNet-S1 (official logs)"][("ImageNet 400e (%)", "ours")] == "68.00"
+    assert smoke.loc["RepNeXt-M0E"][("ImageNet 400e (%)", "ours")] == "—"  # smoke's own runs: not run
+    written = render_table(spec, spec.expand("full"), results, "full", tmp_path)
+    assert {p.name for p in written} == {"compact.md", "compact.tex", "compact.png", "compact.pdf"}
+    assert "| StarNet-S1 (official logs) " in (tmp_path / "compact.md").read_text()
