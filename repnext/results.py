@@ -67,9 +67,13 @@ def read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def write_log(path: Path, history: list[dict]) -> Path:
+def log_text(history: list[dict]) -> str:
     """log.txt in the DeiT/RepNeXt schema: one JSON object per epoch."""
-    return atomic_write_text(path, "".join(json.dumps(entry) + "\n" for entry in history))
+    return "".join(json.dumps(entry) + "\n" for entry in history)
+
+
+def write_log(path: Path, history: list[dict]) -> Path:
+    return atomic_write_text(path, log_text(history))
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:
@@ -115,11 +119,11 @@ def _origin(record: dict, folder: Path) -> str:
     return f"{folder} (a trained run, best top-1 {record.get('best', {}).get('acc1')})"
 
 
-def _same_source(record: dict, folder: Path, log: ParsedLog, log_text: str) -> bool:
+def _same_source(record: dict, folder: Path, log: ParsedLog, text: str) -> bool:
     if record.get("source_sha256"):
         return record["source_sha256"] == log.sha256
     log_file = folder / "log.txt"  # a record imported before hashes were kept: compare what it holds
-    return log_file.is_file() and log_file.read_text() == log_text
+    return log_file.is_file() and log_file.read_text() == text
 
 
 def _imported_records(results: Path, run_id: str) -> list[tuple[Path, dict]]:
@@ -142,12 +146,16 @@ def _check_target(log: ParsedLog, paths: RunPaths, existing: dict | None) -> Non
         raise LogImportError(f"{log.path}: {paths.root} holds an unfinished trained run; pass --force to replace it")
 
 
-def _check_planned(log: ParsedLog, run_id: str, planned: dict, force: bool) -> None:
-    """A dry run writes nothing: two files of one run in one call meet here instead of in the store."""
+def _planned_copy(log: ParsedLog, run_id: str, planned: dict, force: bool) -> ParsedLog | None:
+    """A dry run writes nothing: two files of one run in one call meet here instead of in the store. Returns
+    the file planned before this one when they are the same bytes."""
     other = planned.setdefault(run_id, log)
+    if other is log:
+        return None
     if other.sha256 != log.sha256 and not force:
         raise LogImportError(f"{log.path} and {other.path} are different files of one run ({run_id}); "
                              "pass --force to import the last one")
+    return other if other.sha256 == log.sha256 else None
 
 
 def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: str | None = None,
@@ -161,7 +169,7 @@ def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: s
     if not re.fullmatch(r"[\w.-]+", table):
         raise LogImportError(f"{path}: --table {table!r} is not a folder name")
     history, record = build_record(log, config, table)
-    log_text = "".join(json.dumps(entry) + "\n" for entry in history)
+    text = log_text(history)
     results = Path(results).expanduser()
     paths = RunPaths(results / table / config.run_id)
     existing = read_json(paths.record) if paths.record.is_file() else None
@@ -169,7 +177,7 @@ def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: s
     if not force:
         _check_target(log, paths, existing)
     for folder, other in _imported_records(results, config.run_id):
-        if _same_source(other, folder, log, log_text):  # this file again, or a copy of it: one run
+        if _same_source(other, folder, log, text):  # this file again, or a copy of it: one run
             same = "" if other.get("source_file") == str(path) else f"same bytes as {other.get('source_file')}"
             return Imported(folder.parent.name, other, "unchanged", same)
         if not force:
@@ -178,10 +186,12 @@ def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: s
     if existing is not None:
         replaced.append(f"replaced {_origin(existing, paths.root)}")
     if dry_run:
-        _check_planned(log, config.run_id, planned if planned is not None else {}, force)
+        copy = _planned_copy(log, config.run_id, planned if planned is not None else {}, force)
+        if copy is not None:
+            return Imported(table, record, "unchanged", f"same bytes as {copy.path}")
         return Imported(table, record, "would replace" if replaced else "would import", "; ".join(replaced))
     write_json(paths.config, config.resolve().as_dict())
-    atomic_write_text(paths.log, log_text)
+    atomic_write_text(paths.log, text)
     write_json(paths.record, record)  # last: a record marks the run done
     return Imported(table, record, "replaced" if replaced else "imported", "; ".join(replaced))
 

@@ -234,6 +234,17 @@ def _copy_tree(imported, tmp_path) -> tuple[Path, Path]:
 
 
 @pytest.mark.slow
+def test_dry_run_says_what_each_file_would_become_and_writes_nothing(imported, tmp_path, capsys):
+    logs, _, out = imported
+    results = tmp_path / "results"
+    assert main(["import", "--results", str(results), "--dry-run", *log_files(logs)]) == 0
+    dry = capsys.readouterr().out.splitlines()
+    assert dry[-1] == "61 files: 60 would import, 1 unchanged"
+    assert [line.replace("would import ", "imported ", 1) for line in dry[:-1]] == out[:-1]
+    assert not results.exists()
+
+
+@pytest.mark.slow
 def test_reimport_is_a_no_op(imported, tmp_path, capsys):
     logs, results = _copy_tree(imported, tmp_path)
     before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
