@@ -126,17 +126,17 @@ def _same_source(record: dict, folder: Path, log: ParsedLog, text: str) -> bool:
     return log_file.is_file() and log_file.read_text() == text
 
 
+def _read_record(path: Path) -> dict | None:
+    try:
+        return read_json(path)
+    except ValueError:
+        raise LogImportError(f"{path}: not a JSON record; move it away or fix it, then import again") from None
+
+
 def _imported_records(results: Path, run_id: str) -> list[tuple[Path, dict]]:
     """The imported records of a run id, in any table of the store."""
-    found = []
-    for path in sorted(results.glob(f"*/{run_id}/record.json")):
-        try:
-            record = read_json(path)
-        except ValueError:
-            raise LogImportError(f"{path}: not a JSON record; move it away or fix it, then import again") from None
-        if record is not None and record.get("source") == "imported":
-            found.append((path.parent, record))
-    return found
+    found = ((path.parent, _read_record(path)) for path in sorted(results.glob(f"*/{run_id}/record.json")))
+    return [(folder, r) for folder, r in found if r is not None and r.get("source") == "imported"]
 
 
 def _check_target(log: ParsedLog, paths: RunPaths, existing: dict | None) -> None:
@@ -172,8 +172,7 @@ def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: s
     text = log_text(history)
     results = Path(results).expanduser()
     paths = RunPaths(results / table / config.run_id)
-    existing = read_json(paths.record) if paths.record.is_file() else None
-    replaced = []
+    existing = _read_record(paths.record)
     if not force:
         _check_target(log, paths, existing)
     for folder, other in _imported_records(results, config.run_id):
@@ -183,17 +182,16 @@ def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: s
         if not force:
             raise LogImportError(f"{path} and {other.get('source_file')} are different files of one run "
                                  f"({config.run_id}), already imported into {folder}; pass --force to replace it")
-    if existing is not None:
-        replaced.append(f"replaced {_origin(existing, paths.root)}")
+    replaced = f"replaced {_origin(existing, paths.root)}" if existing is not None else ""
     if dry_run:
         copy = _planned_copy(log, config.run_id, planned if planned is not None else {}, force)
         if copy is not None:
             return Imported(table, record, "unchanged", f"same bytes as {copy.path}")
-        return Imported(table, record, "would replace" if replaced else "would import", "; ".join(replaced))
+        return Imported(table, record, "would replace" if replaced else "would import", replaced)
     write_json(paths.config, config.resolve().as_dict())
     atomic_write_text(paths.log, text)
     write_json(paths.record, record)  # last: a record marks the run done
-    return Imported(table, record, "replaced" if replaced else "imported", "; ".join(replaced))
+    return Imported(table, record, "replaced" if replaced else "imported", replaced)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,6 +8,7 @@ import contextlib
 import csv
 import functools
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -340,3 +341,25 @@ def test_compact_table_and_figure_from_the_official_logs(imported, tmp_path):
     written = render_table(spec, spec.expand("full"), results, "full", tmp_path)
     assert {p.name for p in written} == {"compact.md", "compact.tex", "compact.png", "compact.pdf"}
     assert "| StarNet-S1 (official logs) " in (tmp_path / "compact.md").read_text()
+
+
+def test_a_nan_loss_in_a_published_log_imports(tmp_path):
+    """Some published logs hold ``"test_loss": NaN`` (starnet_s1_imgnet_100e.txt, epoch 7): valid for Python's
+    json, and the run's accuracies are still finite."""
+    log = tmp_path / "repnext_m0_cifar_100e.txt"
+    log.write_text((SAMPLES / log.name).read_text().replace('"test_loss": 4.321741853441511', '"test_loss": NaN'))
+    assert main(["import", "--results", str(tmp_path / "r"), str(log)]) == 0
+    run = official_files()[log.name].config.run_id
+    history = [json.loads(line) for line in (tmp_path / "r" / "compact" / run / "log.txt").read_text().splitlines()]
+    assert math.isnan(history[3]["test_loss"]) and history[3]["test_acc1"] == 5.890000183105469
+
+
+def test_an_unreadable_record_in_the_store_is_named(tmp_path, capsys):
+    name = "repnext_m0_cifar_100e.txt"
+    record = tmp_path / "r" / "compact" / official_files()[name].config.run_id / "record.json"
+    record.parent.mkdir(parents=True)
+    record.write_text('{"status": "comp')
+    assert main(["import", "--results", str(tmp_path / "r"), str(SAMPLES / name)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {record}: not a JSON record; move it away or fix it, then import again"]
+    assert record.read_text() == '{"status": "comp'
