@@ -33,8 +33,9 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
 
 
 def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_dir: Path) -> list[Path]:
-    """Top-1 against the epoch budget, one curve per model and dataset: the paper's (top row) and ours
-    (bottom row, from the results store; smoke numbers are on the digits, so they get their own axes)."""
+    """Top-1 against the epoch budget, one curve per model and dataset: the paper's (top row), ours (from the
+    results store; smoke numbers are on the digits, so they get their own axes) and the official logs'
+    (imported records, e.g. StarNet-S1's, which the paper's table lacks)."""
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
