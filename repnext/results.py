@@ -84,6 +84,9 @@ def load_checkpoint(path: Path) -> dict:
 if __name__ == "__main__":  # python -m repnext.results import PATH...: official logs -> records
     import sys
 
-    from .logs import main
+    if any(arg.endswith(".json") for arg in sys.argv[1:]):  # mmdet/mmseg logs: the dense tables
+        from .dense.official_logs import main
+    else:
+        from .logs import main
 
     sys.exit(main())

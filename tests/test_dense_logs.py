@@ -1,0 +1,107 @@
+"""Importing the official mmdet/mmseg JSON logs: selection, rounding, header fields, the store, the command."""
+import json
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from repnext.dense.official_logs import DenseLogError, metrics, parse, percent, read_config
+
+LOGS = Path(__file__).parent / "data" / "official_logs" / "dense"
+COCO, ADE = LOGS / "repnext_m3_coco.json", LOGS / "repnext_m3_ade20k.json"
+README_M3 = {"box_ap": 40.8, "box_ap50": 62.4, "box_ap75": 44.7, "mask_ap": 37.8, "mask_ap50": 59.5,
+             "mask_ap75": 40.6}
+
+
+def synthesize(tmp_path: Path, name: str, source: Path, config_edits: dict, vals: list[dict] | None = None) -> Path:
+    """A variant of an official log: its header with ``config_edits`` (text replacements) and, for ``vals``,
+    those evaluation lines (numbers as written, one per epoch) in place of the logged ones."""
+    lines = source.read_text().splitlines()
+    header = json.loads(lines[0])
+    for old, new in config_edits.items():
+        assert old in header["config"], old
+        header["config"] = header["config"].replace(old, new)
+    body = lines[1:]
+    if vals is not None:
+        train = [line for line in body if '"mode": "train"' in line][:1]
+        body = []
+        for epoch, numbers in enumerate(vals, 1):
+            fields = ", ".join(f'"{k}": {v}' for k, v in numbers.items())
+            body += [*train, f'{{"mode": "val", "epoch": {epoch}, "iter": 625, "lr": 2e-05, {fields}}}']
+    path = tmp_path / name
+    path.write_text("\n".join([json.dumps(header), *body]) + "\n")
+    return path
+
+
+def det(box: str, rest: str = "0.6 0.5 0.4 0.6 0.4") -> dict:
+    values = [box, *rest.split()]
+    keys = ["bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "segm_mAP", "segm_mAP_50", "segm_mAP_75"]
+    return dict(zip(keys, values))
+
+
+def test_m3_logs_give_the_readme_numbers():
+    coco, ade = parse(COCO), parse(ADE)
+    m = metrics(coco)
+    assert {k: m[k] for k in README_M3} == README_M3
+    assert m["best_epoch"] == 9 and m["box_ap_final"] == 40.7  # 0.4066 at epoch 12
+    assert metrics(ade)["miou"] == 40.6  # 0.4055: the float 40.55 formatted with .1f says 40.5
+    assert f"{40.55:.1f}" == "40.5"
+    assert (coco.task, coco.model, coco.gpus, coco.samples_per_gpu, coco.batch_size) == \
+        ("detection", "repnext_m3", 8, 2, 16)
+    assert (coco.lr, coco.weight_decay, coco.length, coco.seed) == (2e-4, 0.05, 12, 0)
+    assert (ade.task, ade.model, ade.gpus, ade.samples_per_gpu, ade.batch_size) == \
+        ("segmentation", "repnext_m3", 4, 4, 16)
+    assert (ade.lr, ade.weight_decay, ade.length) == (1e-4, 0.05, 80000)
+    # mmseg's val lines carry the validation loader's counters: the iterations come from the training lines
+    assert [e["iter"] for e in ade.evaluations] == list(range(8000, 80001, 8000))
+    assert metrics(ade)["best_iter"] == 80000 and metrics(ade)["macc"] == 51.8
+
+
+def test_rounding_is_half_up_on_the_logged_text():
+    assert percent(Decimal("0.4055")) == 40.6 and percent(Decimal("0.6345")) == 63.5
+    assert percent(Decimal("0.4049")) == 40.5 and percent(Decimal("0.4")) == 40.0 and percent(0) == 0.0
+
+
+def test_best_epoch_first_of_ties_and_other_models(tmp_path):
+    # an M4-like run: the best bbox AP is reached twice (epochs 2 and 4); the first wins, the final is epoch 5's
+    vals = [det("0.3"), det("0.4285", "0.6435 0.4715 0.3905 0.6165 0.4165"), det("0.41"),
+            det("0.4285", "0.7 0.7 0.7 0.7 0.7"), det("0.4266")]
+    path = synthesize(tmp_path, "repnext_m4_coco.json", COCO,
+                      {"type='repnext_m3'": "type='repnext_m4'", "max_epochs=12": "max_epochs=5"}, vals)
+    log = parse(path)
+    assert log.model == "repnext_m4"
+    assert metrics(log) == {"box_ap": 42.9, "box_ap50": 64.4, "box_ap75": 47.2, "mask_ap": 39.1, "mask_ap50": 61.7,
+                            "mask_ap75": 41.7, "box_ap_final": 42.7, "best_epoch": 2}
+    # M5's config: other widths, weight decay 0.1
+    m5 = synthesize(tmp_path, "repnext_m5_coco.json", COCO,
+                    {"type='repnext_m3'": "type='repnext_m5'", "weight_decay=0.05": "weight_decay=0.1"})
+    assert (parse(m5).model, parse(m5).weight_decay) == ("repnext_m5", 0.1)
+
+
+def test_config_text_is_read_not_executed():
+    cfg = read_config("a = dict(x=[1, (2, 3)], y=-1)\nb = a\ngpu_ids = range(0, 4)\n", "cfg")
+    assert cfg == {"a": {"x": [1, (2, 3)], "y": -1}, "b": {"x": [1, (2, 3)], "y": -1}, "gpu_ids": range(0, 4)}
+    with pytest.raises(DenseLogError, match="unsupported expression"):
+        read_config("a = __import__('os').getcwd()\n", "cfg")
+
+
+@pytest.mark.parametrize("edit, match", [
+    ({"max_epochs=12": "max_epochs=24"}, "last evaluation is at epoch 12 of 24"),
+    ({"type='repnext_m3'": "type='resnet_x'"}, "backbone 'resnet_x' is not a timm model"),
+    ({"gpu_ids = range(0, 8)": ""}, "no gpu_ids"),
+])
+def test_bad_logs_are_named(tmp_path, edit, match):
+    with pytest.raises(DenseLogError, match=match):
+        parse(synthesize(tmp_path, "x.json", COCO, edit))
+
+
+def test_not_a_log(tmp_path):
+    text = tmp_path / "notes.json"
+    text.write_text("hello\n")
+    with pytest.raises(DenseLogError, match="line 1: not JSON"):
+        parse(text)
+    text.write_text('{"mode": "val"}\n')
+    with pytest.raises(DenseLogError, match="no 'config' text"):
+        parse(text)
+    with pytest.raises(DenseLogError, match="no such file"):
+        parse(tmp_path / "missing.json")
