@@ -151,26 +151,29 @@ def _init_box_head(model: MaskRCNN) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def _mmdet_rpn(rpn: RegionProposalNetwork) -> MMDetRPN:
-    out = MMDetRPN(rpn.anchor_generator, rpn.head, 0.7, 0.3, 256, 0.5,
-                   pre_nms_top_n=dict(training=2000, testing=1000), post_nms_top_n=dict(training=1000, testing=1000),
+def _mmdet_rpn(rpn: RegionProposalNetwork, post_nms_train: int) -> MMDetRPN:
+    out = MMDetRPN(rpn.anchor_generator, rpn.head, 0.7, 0.3, 256, 0.5, pre_nms_top_n=dict(training=2000, testing=1000),
+                   post_nms_top_n=dict(training=post_nms_train, testing=1000),
                    nms_thresh=0.7)
     out.proposal_matcher = FlooredMatcher(0.7, 0.3, min_pos_iou=0.3)
     return out
 
 
-def _mmdet_roi_heads(heads: RoIHeads) -> MMDetRoIHeads:
-    return MMDetRoIHeads(heads.box_roi_pool, heads.box_head, heads.box_predictor, 0.5, 0.5, 512, 0.25,
+def _mmdet_roi_heads(heads: RoIHeads, roi_batch: int) -> MMDetRoIHeads:
+    return MMDetRoIHeads(heads.box_roi_pool, heads.box_head, heads.box_predictor, 0.5, 0.5, roi_batch, 0.25,
                          (10.0, 10.0, 5.0, 5.0), heads.score_thresh, heads.nms_thresh,
                          heads.detections_per_img, mask_roi_pool=heads.mask_roi_pool, mask_head=heads.mask_head,
                          mask_predictor=heads.mask_predictor)
 
 
 def build_mask_rcnn(model_name: str, num_classes: int = 80, *, min_size: int = 800, max_size: int = 1333,
-                    backbone_weights: str | Path | None = None, **kwargs) -> MaskRCNN:
+                    backbone_weights: str | Path | None = None, rpn_post_nms_train: int = 1000, roi_batch: int = 512,
+                    **kwargs) -> MaskRCNN:
     """Mask R-CNN (mmdet's ``mask_rcnn_r50_fpn_1x`` with a RepNeXt backbone) for ``num_classes`` foreground
     classes; images are resized to ``min_size`` / ``max_size`` (mmdet's ``img_scale=(1333, 800)``).
-    ``backbone_weights``: ImageNet weights for the backbone; ``kwargs`` go to torchvision's ``MaskRCNN``
+    ``backbone_weights``: ImageNet weights for the backbone; ``rpn_post_nms_train`` (proposals kept per image in
+    training) and ``roi_batch`` (RoIs sampled per image) are mmdet's 1000 and 512 unless a small profile lowers
+    them; ``kwargs`` go to torchvision's ``MaskRCNN``
     (transform and ``box_*`` test settings; the RPN and sampling settings are mmdet's, fixed here)."""
     backbone = RepNeXtFPN(model_name, extra_level=True, weights=backbone_weights)
     names = ["0", "1", "2", "3"]
@@ -180,7 +183,7 @@ def build_mask_rcnn(model_name: str, num_classes: int = 80, *, min_size: int = 8
         rpn_anchor_generator=MMDetAnchorGenerator(ANCHOR_SIZES, ANCHOR_RATIOS),
         box_roi_pool=AlignedRoIAlign(names, 7, backbone.strides),
         mask_roi_pool=AlignedRoIAlign(names, 14, backbone.strides), **kwargs)
-    model.rpn = _mmdet_rpn(model.rpn)
-    model.roi_heads = _mmdet_roi_heads(model.roi_heads)
+    model.rpn = _mmdet_rpn(model.rpn, rpn_post_nms_train)
+    model.roi_heads = _mmdet_roi_heads(model.roi_heads, roi_batch)
     _init_box_head(model)
     return model
