@@ -1,11 +1,15 @@
 """Importing the official mmdet/mmseg JSON logs: selection, rounding, header fields, the store, the command."""
 import json
+import subprocess
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from repnext.dense.official_logs import DenseLogError, metrics, parse, percent, read_config
+from ablations.spec import load_spec
+from repnext.dense.official_logs import DenseLogError, import_dense_log, main, metrics, parse, percent, read_config
+from repnext.results import read_json
 
 LOGS = Path(__file__).parent / "data" / "official_logs" / "dense"
 COCO, ADE = LOGS / "repnext_m3_coco.json", LOGS / "repnext_m3_ade20k.json"
@@ -105,3 +109,55 @@ def test_not_a_log(tmp_path):
         parse(text)
     with pytest.raises(DenseLogError, match="no such file"):
         parse(tmp_path / "missing.json")
+
+
+def test_import_command_writes_the_runs(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "repnext.results", "import", str(COCO), str(ADE), "--results",
+                        str(tmp_path)], capture_output=True, text=True)  # repnext.results sends .json logs here
+    assert r.returncode == 0, r.stderr
+    assert "AP^b 40.8 62.4 44.7, AP^m 37.8 59.5 40.6 (epoch 9; final AP^b 40.7)" in r.stdout
+    assert "mIoU 40.6 (iteration 80000)" in r.stdout
+    (det_run,), (seg_run,) = (list((tmp_path / t).iterdir()) for t in ("detection", "segmentation"))
+    record = read_json(det_run / "record.json")
+    assert {k: record["metrics"][k] for k in README_M3} == README_M3
+    assert (record["status"], record["source"], record["shown"], record["batch_size"]) == \
+        ("complete", "official", True, 16)
+    assert read_json(det_run / "config.json")["config"]["batch_size"] is None  # the official batch: not in the id
+    assert len((det_run / "log.txt").read_text().splitlines()) == 12
+    seg = read_json(seg_run / "record.json")
+    assert (seg["metrics"]["miou"], seg["iters"], seg["weight_decay"]) == (40.6, 80000, 0.05)
+    assert len((seg_run / "log.txt").read_text().splitlines()) == 10
+
+
+def test_imported_runs_are_the_tables_full_cells(tmp_path):
+    """The table's full profile finds the imported runs where it looks for them: the same run ids."""
+    for log, table in ((COCO, "detection"), (ADE, "segmentation")):
+        _, record = import_dense_log(log, tmp_path)
+        cells = {r.run_id: r for r in load_spec(table).expand("full")}
+        assert cells[record["run_id"]].config.model == "repnext_m3"
+        assert (tmp_path / table / record["run_id"] / "record.json").is_file()
+
+
+def test_four_gpu_rerun_is_stored_not_shown(tmp_path, capsys):
+    rerun = synthesize(tmp_path, "repnext_m3_coco_4066.json", COCO, {"gpu_ids = range(0, 8)": "gpu_ids = range(0, 4)"})
+    _, official = import_dense_log(COCO, tmp_path / "results")
+    _, record = import_dense_log(rerun, tmp_path / "results")
+    assert (record["batch_size"], record["shown"], official["shown"]) == (8, False, True)
+    assert record["run_id"] != official["run_id"]  # its own cell: the README's run stays where the table looks
+    assert main(["import", str(rerun), "--results", str(tmp_path / "results")]) == 0
+    assert "batch 8: stored, not shown" in capsys.readouterr().out
+
+
+def test_import_keeps_trained_runs_and_rejects_other_files(tmp_path, capsys):
+    _, record = import_dense_log(ADE, tmp_path)
+    folder = tmp_path / "segmentation" / record["run_id"]
+    trained = {"status": "complete", "metrics": {"miou": 1.0}}
+    (folder / "record.json").write_text(json.dumps(trained))
+    assert main(["import", str(ADE), str(LOGS.parent / "repnext_m0_distill_300e.txt"), "--results",
+                 str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "holds a trained run; pass --force" in err and "not a .json log" in err
+    assert len(err.strip().splitlines()) == 2
+    assert read_json(folder / "record.json") == trained
+    assert main(["import", str(ADE), "--results", str(tmp_path), "--force"]) == 0
+    assert read_json(folder / "record.json")["source"] == "official"

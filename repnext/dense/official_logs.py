@@ -26,6 +26,7 @@ import repnext  # noqa: F401  (registers the RepNeXt models with timm)
 
 from ..config import RunConfig
 from ..results import DEFAULT_RESULTS, RunPaths, read_json, write_json, write_log
+from .protocol import get_protocol
 
 FORMATS = {"detection": "mmdet-json", "segmentation": "mmseg-json"}
 # what a task's evaluation lines must hold: the six README numbers of detection, mmseg's summary
@@ -206,24 +207,24 @@ def history(log: DenseLog) -> list[dict]:
 # --- the store -----------------------------------------------------------------------------------------
 
 TABLES = {"detection": "detection", "segmentation": "segmentation"}
-# the paper cell each task's logs reproduce: the fields the dense specs' grids give a full-profile run
-CELLS = {"detection": dict(recipe="mask_rcnn_1x", data="coco"),
-         "segmentation": dict(recipe="semantic_fpn_80k", data="ade20k")}
+# the paper cell each task's logs reproduce: the RunConfig fields the dense specs' grids set besides the model
+# (ablations/specs/detection.toml, segmentation.toml; tests/test_dense_logs.py checks they agree)
+CELLS = {"detection": {"data": "coco"}, "segmentation": {"data": "ade20k"}}
 
 
 def run_config(log: DenseLog) -> RunConfig:
-    """The full-profile RunConfig the log's run is; the batch or lr join it only where the log differs from
-    the recipe (the 4-GPU re-runs: batch 8), as repnext.logs does for ImageNet."""
+    """The full-profile RunConfig the log's run is: the batch, lr or length join it only where the log differs
+    from the official protocol (the 4-GPU re-runs: batch 8), as repnext.logs does for ImageNet."""
     config = RunConfig(log.model, profile="full", **CELLS[log.task])
-    try:
-        settings = config.resolve()
-    except ValueError as e:
-        raise DenseLogError(f"{log.path}: {e}") from None
-    if log.batch_size != settings.batch_size:
-        config = dataclasses.replace(config, batch_size=log.batch_size)
-    if not math.isclose(log.lr, config.resolve().lr, rel_tol=1e-6):
-        config = dataclasses.replace(config, lr=log.lr)
-    return config
+    protocol = get_protocol(log.task, config)
+    changes: dict = {}
+    if log.batch_size != protocol.batch_size:
+        changes["batch_size"] = log.batch_size
+    if not math.isclose(log.lr, protocol.lr, rel_tol=1e-6):
+        changes["lr"] = log.lr
+    if log.length != (protocol.epochs if log.task == "detection" else protocol.iters):
+        changes["epochs"] = log.length
+    return dataclasses.replace(config, **changes)
 
 
 def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, force: bool = False) -> tuple[str, dict]:
@@ -236,15 +237,15 @@ def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, fo
         raise DenseLogError(f"{log.path}: {paths.record} holds a trained run; pass --force to replace it")
     if not force and existing is None and paths.checkpoint.is_file():
         raise DenseLogError(f"{log.path}: {paths.root} holds an unfinished trained run; pass --force to replace it")
-    official_batch = RunConfig(log.model, profile="full", **CELLS[log.task]).resolve().batch_size
+    official = get_protocol(log.task, RunConfig(log.model, profile="full", **CELLS[log.task]))
     record = {
         "status": "complete", "run_id": config.run_id, "model": log.model, "task": log.task,
-        "recipe": config.recipe, "profile": config.profile, "data": config.data, "batch_size": log.batch_size,
+        "profile": config.profile, "data": official.data, "batch_size": log.batch_size,
         "gpus": log.gpus, "samples_per_gpu": log.samples_per_gpu, "lr": log.lr, "weight_decay": log.weight_decay,
         ("epochs" if log.task == "detection" else "iters"): log.length, "seed": log.seed,
         "metrics": metrics(log),
         # the README shows the 8-GPU runs (batch 16); the 4-GPU re-runs are kept, not shown
-        "shown": log.batch_size == official_batch,
+        "shown": log.batch_size == official.batch_size,
         "source": "official", "source_file": str(log.path), "source_format": log.format,
     }
     write_json(paths.config, {"run_id": config.run_id, "config": dataclasses.asdict(config),
