@@ -121,7 +121,7 @@ def test_import_command_writes_the_runs(tmp_path):
     record = read_json(det_run / "record.json")
     assert {k: record["metrics"][k] for k in README_M3} == README_M3
     assert (record["status"], record["source"], record["shown"], record["batch_size"]) == \
-        ("complete", "official", True, 16)
+        ("complete", "imported", True, 16)
     assert read_json(det_run / "config.json")["config"]["batch_size"] is None  # the official batch: not in the id
     assert len((det_run / "log.txt").read_text().splitlines()) == 12
     seg = read_json(seg_run / "record.json")
@@ -132,7 +132,7 @@ def test_import_command_writes_the_runs(tmp_path):
 def test_imported_runs_are_the_tables_full_cells(tmp_path):
     """The table's full profile finds the imported runs where it looks for them: the same run ids."""
     for log, table in ((COCO, "detection"), (ADE, "segmentation")):
-        _, record = import_dense_log(log, tmp_path)
+        _, record, _ = import_dense_log(log, tmp_path)
         cells = {r.run_id: r for r in load_spec(table).expand("full")}
         assert cells[record["run_id"]].config.model == "repnext_m3"
         assert (tmp_path / table / record["run_id"] / "record.json").is_file()
@@ -140,8 +140,8 @@ def test_imported_runs_are_the_tables_full_cells(tmp_path):
 
 def test_four_gpu_rerun_is_stored_not_shown(tmp_path, capsys):
     rerun = synthesize(tmp_path, "repnext_m3_coco_4066.json", COCO, {"gpu_ids = range(0, 8)": "gpu_ids = range(0, 4)"})
-    _, official = import_dense_log(COCO, tmp_path / "results")
-    _, record = import_dense_log(rerun, tmp_path / "results")
+    _, official, _ = import_dense_log(COCO, tmp_path / "results")
+    _, record, _ = import_dense_log(rerun, tmp_path / "results")
     assert (record["batch_size"], record["shown"], official["shown"]) == (8, False, True)
     assert record["run_id"] != official["run_id"]  # its own cell: the README's run stays where the table looks
     assert main(["import", str(rerun), "--results", str(tmp_path / "results")]) == 0
@@ -149,9 +149,9 @@ def test_four_gpu_rerun_is_stored_not_shown(tmp_path, capsys):
 
 
 def test_import_keeps_trained_runs_and_rejects_other_files(tmp_path, capsys):
-    _, record = import_dense_log(ADE, tmp_path)
+    _, record, _ = import_dense_log(ADE, tmp_path)
     folder = tmp_path / "segmentation" / record["run_id"]
-    trained = {"status": "complete", "metrics": {"miou": 1.0}}
+    trained = {"status": "complete", "source": "trained", "metrics": {"miou": 1.0}}
     (folder / "record.json").write_text(json.dumps(trained))
     assert main(["import", str(ADE), str(LOGS.parent / "repnext_m0_distill_300e.txt"), "--results",
                  str(tmp_path)]) == 1
@@ -160,4 +160,16 @@ def test_import_keeps_trained_runs_and_rejects_other_files(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 2
     assert read_json(folder / "record.json") == trained
     assert main(["import", str(ADE), "--results", str(tmp_path), "--force"]) == 0
-    assert read_json(folder / "record.json")["source"] == "official"
+    assert read_json(folder / "record.json")["source"] == "imported"
+
+
+def test_reimport_is_a_no_op_and_another_file_needs_force(tmp_path, capsys):
+    assert import_dense_log(COCO, tmp_path)[2] and not import_dense_log(COCO, tmp_path)[2]
+    edited = tmp_path / "repnext_m3_coco.json"  # the same run's log with one number changed
+    edited.write_text(COCO.read_text().replace('"bbox_mAP": 0.4082', '"bbox_mAP": 0.4182'))
+    with pytest.raises(DenseLogError, match="different files of one run"):
+        import_dense_log(edited, tmp_path)
+    _, record, changed = import_dense_log(edited, tmp_path, force=True)
+    assert changed and record["metrics"]["box_ap"] == 41.8
+    assert main(["import", str(edited), "--results", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("unchanged detection/repnext_m3-")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ast
 import dataclasses
+import hashlib
 import json
 import math
 import sys
@@ -227,16 +228,29 @@ def run_config(log: DenseLog) -> RunConfig:
     return dataclasses.replace(config, **changes)
 
 
-def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, force: bool = False) -> tuple[str, dict]:
-    """Import one official JSON log; returns (table, record)."""
+def _check_target(log: DenseLog, paths: RunPaths, existing: dict | None, sha256: str) -> bool:
+    """True when ``paths`` already holds this very file's import; raise where writing would lose a run."""
+    if existing is not None and existing.get("source") != "imported":
+        raise DenseLogError(f"{log.path}: {paths.record} holds a trained run; pass --force to replace it")
+    if existing is None and paths.checkpoint.is_file():
+        raise DenseLogError(f"{log.path}: {paths.root} holds an unfinished trained run; pass --force to replace it")
+    if existing is not None and existing.get("source_sha256") != sha256:
+        raise DenseLogError(f"{log.path} and {existing.get('source_file')} are different files of one run "
+                            f"({paths.root.name}); pass --force to replace it")
+    return existing is not None
+
+
+def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS,
+                     force: bool = False) -> tuple[str, dict, bool]:
+    """Import one official JSON log; returns (table, record, whether the store changed). Re-importing the same
+    bytes changes nothing; only ``force`` replaces a trained run or another file's import."""
     log = parse(Path(path).expanduser().resolve())
     config, table = run_config(log), TABLES[log.task]
     paths = RunPaths(Path(results).expanduser() / table / config.run_id)
     existing = read_json(paths.record)
-    if not force and existing is not None and existing.get("source") != "official":
-        raise DenseLogError(f"{log.path}: {paths.record} holds a trained run; pass --force to replace it")
-    if not force and existing is None and paths.checkpoint.is_file():
-        raise DenseLogError(f"{log.path}: {paths.root} holds an unfinished trained run; pass --force to replace it")
+    sha256 = hashlib.sha256(log.path.read_bytes()).hexdigest()
+    if not force and _check_target(log, paths, existing, sha256):
+        return table, existing, False
     official = get_protocol(log.task, RunConfig(log.model, profile="full", **CELLS[log.task]))
     record = {
         "status": "complete", "run_id": config.run_id, "model": log.model, "task": log.task,
@@ -246,13 +260,14 @@ def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, fo
         "metrics": metrics(log),
         # the README shows the 8-GPU runs (batch 16); the 4-GPU re-runs are kept, not shown
         "shown": log.batch_size == official.batch_size,
-        "source": "official", "source_file": str(log.path), "source_format": log.format,
+        # "imported": what the tables and repnext.logs call a record read from an official log
+        "source": "imported", "source_file": str(log.path), "source_format": log.format, "source_sha256": sha256,
     }
     write_json(paths.config, {"run_id": config.run_id, "config": dataclasses.asdict(config),
                               "resolved": {k: record[k] for k in ("batch_size", "lr", "weight_decay", "seed")}})
     write_log(paths.log, history(log))
     write_json(paths.record, record)  # last: a record marks the run done
-    return table, record
+    return table, record, True
 
 
 def _summary(table: str, r: dict) -> str:
@@ -263,7 +278,7 @@ def _summary(table: str, r: dict) -> str:
     else:
         numbers = f"mIoU {m['miou']} (iteration {r['iters']})"
     shown = "" if r["shown"] else f", batch {r['batch_size']}: stored, not shown"
-    return f"{table} {r['run_id']}: {numbers}{shown} <- {Path(r['source_file']).name}"
+    return f"{table}/{r['run_id']}: {numbers}{shown} <- {Path(r['source_file']).name}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import", help="import official mmdet/mmseg JSON logs into the results store")
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument("--results", default=str(DEFAULT_RESULTS), help="the results store (default: %(default)s)")
-    imp.add_argument("--force", action="store_true", help="replace a trained run's record")
+    imp.add_argument("--force", action="store_true", help="replace a trained run's or another file's record")
     args = p.parse_args(argv)
     failed = 0
     for path in args.paths:
@@ -280,10 +295,10 @@ def main(argv: list[str] | None = None) -> int:
             if not path.endswith(".json"):
                 raise DenseLogError(f"{path}: not a .json log; import DeiT log.txt / summary.csv files in "
                                     "another call")
-            table, record = import_dense_log(path, args.results, args.force)
+            table, record, changed = import_dense_log(path, args.results, args.force)
         except (DenseLogError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        print(_summary(table, record))
+        print(("imported " if changed else "unchanged ") + _summary(table, record))
     return 1 if failed else 0
