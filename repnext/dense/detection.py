@@ -21,6 +21,8 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection._utils import Matcher
 from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference
 from torchvision.models.detection.rpn import RegionProposalNetwork
 from torchvision.ops import MultiScaleRoIAlign, roi_align
@@ -151,9 +153,9 @@ def _init_box_head(model: MaskRCNN) -> None:
         nn.init.zeros_(layer.bias)
 
 
-def _mmdet_rpn(rpn: RegionProposalNetwork, post_nms_train: int) -> MMDetRPN:
+def _mmdet_rpn(rpn: RegionProposalNetwork, post_nms_train: int, post_nms_test: int) -> MMDetRPN:
     out = MMDetRPN(rpn.anchor_generator, rpn.head, 0.7, 0.3, 256, 0.5, pre_nms_top_n=dict(training=2000, testing=1000),
-                   post_nms_top_n=dict(training=post_nms_train, testing=1000),
+                   post_nms_top_n=dict(training=post_nms_train, testing=post_nms_test),
                    nms_thresh=0.7)
     out.proposal_matcher = FlooredMatcher(0.7, 0.3, min_pos_iou=0.3)
     return out
@@ -167,23 +169,26 @@ def _mmdet_roi_heads(heads: RoIHeads, roi_batch: int) -> MMDetRoIHeads:
 
 
 def build_mask_rcnn(model_name: str, num_classes: int = 80, *, min_size: int = 800, max_size: int = 1333,
-                    backbone_weights: str | Path | None = None, rpn_post_nms_train: int = 1000, roi_batch: int = 512,
+                    backbone_weights: str | Path | None = None, width: int = 256, fc: int = 1024,
+                    rpn_post_nms_train: int = 1000, rpn_post_nms_test: int = 1000, roi_batch: int = 512,
                     **kwargs) -> MaskRCNN:
     """Mask R-CNN (mmdet's ``mask_rcnn_r50_fpn_1x`` with a RepNeXt backbone) for ``num_classes`` foreground
     classes; images are resized to ``min_size`` / ``max_size`` (mmdet's ``img_scale=(1333, 800)``).
-    ``backbone_weights``: ImageNet weights for the backbone; ``rpn_post_nms_train`` (proposals kept per image in
-    training) and ``roi_batch`` (RoIs sampled per image) are mmdet's 1000 and 512 unless a small profile lowers
-    them; ``kwargs`` go to torchvision's ``MaskRCNN``
-    (transform and ``box_*`` test settings; the RPN and sampling settings are mmdet's, fixed here)."""
-    backbone = RepNeXtFPN(model_name, extra_level=True, weights=backbone_weights)
+    ``backbone_weights``: ImageNet weights for the backbone. mmdet's values unless a small profile lowers them:
+    ``width`` (FPN, RPN and mask head channels, 256), ``fc`` (the box head's fc width, 1024), proposals kept per
+    image in training / test (1000 / 1000), ``roi_batch`` (RoIs sampled per image, 512). ``kwargs`` go to
+    torchvision's ``MaskRCNN`` (``box_*`` test settings; the RPN and sampling settings are mmdet's, fixed here)."""
+    backbone = RepNeXtFPN(model_name, width, extra_level=True, weights=backbone_weights)
     names = ["0", "1", "2", "3"]
     model = MaskRCNN(
-        backbone, num_classes=num_classes + 1, min_size=min_size, max_size=max_size,
+        backbone, num_classes=None, min_size=min_size, max_size=max_size,
         image_mean=list(IMAGENET_DEFAULT_MEAN), image_std=list(IMAGENET_DEFAULT_STD),
         rpn_anchor_generator=MMDetAnchorGenerator(ANCHOR_SIZES, ANCHOR_RATIOS),
         box_roi_pool=AlignedRoIAlign(names, 7, backbone.strides),
-        mask_roi_pool=AlignedRoIAlign(names, 14, backbone.strides), **kwargs)
-    model.rpn = _mmdet_rpn(model.rpn, rpn_post_nms_train)
+        mask_roi_pool=AlignedRoIAlign(names, 14, backbone.strides), box_head=TwoMLPHead(width * 49, fc),
+        box_predictor=FastRCNNPredictor(fc, num_classes + 1), mask_head=MaskRCNNHeads(width, [width] * 4, 1),
+        mask_predictor=MaskRCNNPredictor(width, width, num_classes + 1), **kwargs)
+    model.rpn = _mmdet_rpn(model.rpn, rpn_post_nms_train, rpn_post_nms_test)
     model.roi_heads = _mmdet_roi_heads(model.roi_heads, roi_batch)
     _init_box_head(model)
     return model

@@ -70,7 +70,7 @@ def build_model(p: DenseProtocol, model_name: str, num_classes: int, weights: st
     if p.task == "detection":
         return build_mask_rcnn(model_name, num_classes, min_size=min(p.img_scale), max_size=max(p.img_scale),
                                backbone_weights=weights, **p.model_kwargs)
-    return build_semantic_fpn(model_name, num_classes, backbone_weights=weights)
+    return build_semantic_fpn(model_name, num_classes, backbone_weights=weights, **p.model_kwargs)
 
 
 class Schedule:

@@ -31,7 +31,7 @@ class DenseProtocol:
     min_lr: float = 0.0
     crop: int = 0                        # segmentation: the training crop
     seed: int = 0
-    model_kwargs: dict = dataclasses.field(default_factory=dict)  # smoke: fewer RoIs and proposals
+    model_kwargs: dict = dataclasses.field(default_factory=dict)  # smoke: narrower heads, fewer RoIs
     evaluate_untrained: bool = False     # also score the model before training (the smoke baseline)
 
     def total_iters(self, train_size: int) -> int:
@@ -57,10 +57,12 @@ FULL_OVERRIDES = {("detection", "repnext_m5"): dict(weight_decay=0.1)}
 SMOKE = {
     "detection": DenseProtocol("detection", "digits", batch_size=8, lr=1e-3, weight_decay=0.05,
                                img_scale=(128, 96), epochs=6, lr_steps=(5,), warmup_iters=20,
-                               model_kwargs=dict(rpn_post_nms_train=256, roi_batch=64),
+                               model_kwargs=dict(width=64, fc=256, rpn_post_nms_train=256, rpn_post_nms_test=200,
+                                                 roi_batch=64, box_detections_per_img=20),
                                evaluate_untrained=True),
     "segmentation": DenseProtocol("segmentation", "digits", batch_size=8, lr=1e-3, weight_decay=0.05,
                                   img_scale=(256, 64), iters=120, eval_interval=60, min_lr=1e-6, crop=64,
+                                  model_kwargs=dict(width=64, channels=32),
                                   evaluate_untrained=True),
 }
 PROTOCOLS = {"full": FULL, "smoke": SMOKE}

@@ -49,10 +49,11 @@ class SemanticFPNHead(nn.Module):
 class SemanticFPN(nn.Module):
     """``backbone`` (``body`` + ``fpn``) and ``decode_head``; ``forward`` returns logits at stride 4."""
 
-    def __init__(self, model_name: str, num_classes: int = 150, backbone_weights: str | Path | None = None):
+    def __init__(self, model_name: str, num_classes: int = 150, backbone_weights: str | Path | None = None,
+                 width: int = 256, channels: int = 128):
         super().__init__()
-        self.backbone = RepNeXtFPN(model_name, extra_level=False, weights=backbone_weights)
-        self.decode_head = SemanticFPNHead(self.backbone.strides, num_classes)
+        self.backbone = RepNeXtFPN(model_name, width, extra_level=False, weights=backbone_weights)
+        self.decode_head = SemanticFPNHead(self.backbone.strides, num_classes, width, channels)
         self.num_classes = num_classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +65,8 @@ class SemanticFPN(nn.Module):
         return F.interpolate(self(x), size=size, mode="bilinear", align_corners=False).argmax(1)
 
 
-def build_semantic_fpn(model_name: str, num_classes: int = 150, backbone_weights: str | Path | None = None
-                       ) -> SemanticFPN:
-    """Semantic FPN for ``num_classes`` classes (ADE20K: 150, after reduce_zero_label)."""
-    return SemanticFPN(model_name, num_classes, backbone_weights)
+def build_semantic_fpn(model_name: str, num_classes: int = 150, backbone_weights: str | Path | None = None,
+                       width: int = 256, channels: int = 128) -> SemanticFPN:
+    """Semantic FPN for ``num_classes`` classes (ADE20K: 150, after reduce_zero_label); ``width`` (FPN) and
+    ``channels`` (head) are mmseg's 256 and 128 unless a small profile lowers them."""
+    return SemanticFPN(model_name, num_classes, backbone_weights, width, channels)
