@@ -9,6 +9,7 @@ import torch
 from repnext.checkpoint import CheckpointError, read_checkpoint
 from repnext.dense.convert import convert_state_dict, main
 from repnext.dense.detection import build_mask_rcnn
+from repnext.dense.synthetic import make_coco
 
 M3_CHANNELS = (64, 128, 256, 512)
 
@@ -153,3 +154,14 @@ def test_command_bad_input_is_one_line(tmp_path):
     torch.save({"state_dict": {"backbone.x": torch.zeros(1)}}, nameless)
     assert main([str(nameless), str(tmp_path / "o.pth")]) == 1
     assert not (tmp_path / "o.pth").exists()
+
+
+def test_evaluate_wants_coco_val(official, tmp_path, capsys):
+    src = tmp_path / "repnext_m3_coco.pth"
+    torch.save({"state_dict": official}, src)
+    # the synthetic set is COCO-format with other categories: a one-line error, not wrong numbers
+    assert main([str(src), str(tmp_path / "m3.safetensors"), "--evaluate", str(make_coco())]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "categories, the detector 80; expected COCO 2017 (80)" in err and "\n" not in err
+    assert main([str(src), str(tmp_path / "m3.safetensors"), "--evaluate", str(tmp_path / "nowhere")]) == 1
+    assert "lacks annotations/instances_train2017.json" in capsys.readouterr().err

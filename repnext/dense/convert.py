@@ -1,6 +1,7 @@
 """Convert a released mmdet Mask R-CNN checkpoint (``repnext_mX_coco.pth``) to the project's Mask R-CNN.
 
     python -m repnext.dense.convert repnext_m3_coco.pth repnext_m3_coco.safetensors [--model repnext_m3]
+        [--evaluate /data/coco]   # then COCO val2017 box/mask APs through the project's evaluation
 
 Names: mmdet's ``backbone.*`` is the RepNeXt module itself (``stem``/``stages``, no head), here the timm
 ``features_only`` body; ``neck.lateral_convs``/``fpn_convs`` are torchvision FPN's ``inner_blocks``/
@@ -27,9 +28,16 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import timm
 import torch
+from torchvision.models.detection import MaskRCNN
 
 from ..checkpoint import CheckpointError, read_checkpoint
+from ..data import DatasetError
+from ..train import Dist, TrainingError, pick_device
+from .coco import CocoInstances
+from .detection import build_mask_rcnn
+from .engine import evaluate
 
 Tensor = torch.Tensor
 
@@ -124,8 +132,6 @@ def convert_state_dict(official: dict[str, Tensor], target: dict[str, Tensor]) -
 # --- the command ---------------------------------------------------------------------------------------
 
 def _model_from_name(path: Path) -> str | None:
-    import timm
-
     parts = path.name.split(".")[0].split("_")  # the longest prefix timm knows: repnext_m3_coco -> repnext_m3
     return next(("_".join(parts[:i]) for i in range(len(parts), 0, -1) if timm.is_model("_".join(parts[:i]))), None)
 
@@ -150,12 +156,8 @@ def save_state_dict(state_dict: dict[str, Tensor], path: Path) -> Path:
     return path
 
 
-def convert(src: str | Path, dst: str | Path, model: str | None = None) -> dict[str, Tensor]:
-    """Read ``src`` (weights only), fit it to ``build_mask_rcnn(model)`` strictly, write ``dst``."""
-    import timm
-
-    from .detection import build_mask_rcnn
-
+def convert(src: str | Path, dst: str | Path, model: str | None = None) -> MaskRCNN:
+    """Read ``src`` (weights only), fit it to ``build_mask_rcnn(model)`` strictly, write ``dst``; the model."""
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     model = model or _model_from_name(src)
     if model is None or not timm.is_model(model):
@@ -166,7 +168,18 @@ def convert(src: str | Path, dst: str | Path, model: str | None = None) -> dict[
     state_dict = convert_state_dict(official, net.state_dict())
     net.load_state_dict(state_dict, strict=True)
     save_state_dict(net.state_dict(), dst)
-    return state_dict
+    return net
+
+
+def evaluate_on_coco(model: MaskRCNN, root: str | Path, device: str = "auto") -> dict[str, float]:
+    """The detector's COCO val2017 APs (percent) through the tables' evaluation (pycocotools' COCOeval)."""
+    val = CocoInstances(root, "val", train=False)
+    classes = model.roi_heads.box_predictor.cls_score.out_features - 1
+    if val.num_classes != classes:
+        raise DatasetError(f"{root}: the val set has {val.num_classes} categories, the detector {classes}; "
+                           "expected COCO 2017 (80)")
+    dev = pick_device(device)
+    return evaluate(model.to(dev), "detection", val, dev, Dist())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,13 +187,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("src", help="the official mmdet checkpoint (repnext_mX_coco.pth)")
     p.add_argument("dst", help="the output: .safetensors, or another suffix for a torch.load-able file")
     p.add_argument("--model", help="the backbone (default: from the file name, e.g. repnext_m3)")
+    p.add_argument("--evaluate", metavar="COCO_ROOT", help="then evaluate on val2017 (annotations/, val2017/)")
+    p.add_argument("--device", default="auto", help="for --evaluate: auto, cpu, cuda (default: %(default)s)")
     args = p.parse_args(argv)
     try:
-        state_dict = convert(args.src, args.dst, args.model)
-    except (CheckpointError, OSError) as e:
+        model = convert(args.src, args.dst, args.model)
+        print(f"{args.dst}: {len(model.state_dict())} tensors <- {args.src}")
+        if args.evaluate:
+            m = evaluate_on_coco(model, args.evaluate, args.device)
+            print(f"val2017: AP^b {m['box_ap']:.1f} {m['box_ap50']:.1f} {m['box_ap75']:.1f}, "
+                  f"AP^m {m['mask_ap']:.1f} {m['mask_ap50']:.1f} {m['mask_ap75']:.1f}")
+    except (CheckpointError, DatasetError, TrainingError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"{args.dst}: {len(state_dict)} tensors <- {args.src}")
     return 0
 
 
