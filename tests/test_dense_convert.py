@@ -1,10 +1,13 @@
 """The converter from the released mmdet Mask R-CNN checkpoints (dense.md's key names) to build_mask_rcnn."""
+import copy
 import math
 import subprocess
 import sys
 
 import pytest
 import torch
+from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.rpn import concat_box_prediction_layers
 
 from repnext.checkpoint import CheckpointError, read_checkpoint
 from repnext.dense.convert import convert_state_dict, main
@@ -114,6 +117,23 @@ def test_rpn_anchor_order_matches_mmdet(model):
     for level, stride in enumerate((4, 8, 16, 32, 64)):
         torch.testing.assert_close(cells[level].float(), mmdet_base_anchors(stride, [0.5, 1.0, 2.0], [8]))
     assert math.isclose(float(cells[0][0, 3] - cells[0][0, 1]) / float(cells[0][0, 2] - cells[0][0, 0]), 0.5)
+
+
+def test_rpn_channel_a_scores_base_anchor_a(model):
+    """torchvision pairs rpn cls channel a with base anchor a at every location and level, as mmdet does
+    (``permute(0, 2, 3, 1).reshape(-1, A)`` against location-major, anchor-minor anchors)."""
+    head = copy.deepcopy(model.rpn.head)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.zero_()
+        head.cls_logits.bias.copy_(torch.tensor([0.0, 1.0, 2.0]))  # mmdet ratios 0.5, 1, 2
+    features = [torch.zeros(1, 256, s, s) for s in (16, 8, 4, 2, 1)]  # a 64x64 image at strides 4..64
+    objectness, deltas = head(features)
+    anchors = model.rpn.anchor_generator(ImageList(torch.zeros(1, 3, 64, 64), [(64, 64)]), features)[0]
+    scores, _ = concat_box_prediction_layers(objectness, deltas)
+    wh = anchors[:, 2:] - anchors[:, :2]
+    ratio_index = torch.round(torch.log2(wh[:, 1] / wh[:, 0])) + 1  # h / w = 0.5, 1, 2 -> 0, 1, 2
+    torch.testing.assert_close(scores.flatten(), ratio_index)
 
 
 def test_misfit_names_what_is_wrong(official, model):
