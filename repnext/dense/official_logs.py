@@ -124,7 +124,7 @@ def _lines(path: Path) -> list[dict]:
     return entries
 
 
-def _get(cfg: dict, dotted: str, where: str, kind: type | tuple = (int, float, Decimal)):
+def _get(cfg: dict, dotted: str, where: str, kind: type | tuple = (int, float)):
     value = cfg
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
@@ -204,10 +204,8 @@ def history(log: DenseLog) -> list[dict]:
             for e in log.evaluations]
 
 
-
 # --- the store -----------------------------------------------------------------------------------------
 
-TABLES = {"detection": "detection", "segmentation": "segmentation"}
 # the paper cell each task's logs reproduce: the RunConfig fields the dense specs' grids set besides the model
 # (ablations/specs/detection.toml, segmentation.toml; tests/test_dense_logs.py checks they agree)
 CELLS = {"detection": {"data": "coco"}, "segmentation": {"data": "ade20k"}}
@@ -245,7 +243,7 @@ def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS,
     """Import one official JSON log; returns (table, record, whether the store changed). Re-importing the same
     bytes changes nothing; only ``force`` replaces a trained run or another file's import."""
     log = parse(Path(path).expanduser().resolve())
-    config, table = run_config(log), TABLES[log.task]
+    config, table = run_config(log), log.task  # the tables are named after their tasks
     paths = RunPaths(Path(results).expanduser() / table / config.run_id)
     existing = read_json(paths.record)
     sha256 = hashlib.sha256(log.path.read_bytes()).hexdigest()
