@@ -175,3 +175,35 @@ def test_gpu_mask_rcnn_m5_steps_at_1333x800():
         losses.append(loss.item())
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert model.backbone.body(images[0][None]).__len__() == 4
+
+
+@pytest.mark.slow
+def test_segmentation_run_resumes_to_the_same_record(tmp_path, monkeypatch):
+    from repnext.dense.engine import train_dense
+    from repnext.train import Interrupted
+
+    monkeypatch.setenv("REPNEXT_DATA", str(tmp_path / "data"))
+    config = RunConfig("repnext_m3", profile="smoke", data="digits", batch_size=2, epochs=4)  # 4 iterations
+    calls = []
+    with pytest.raises(Interrupted, match="iteration 2"):
+        train_dense("segmentation", config, tmp_path / "a", progress=False, should_stop=lambda: calls.append(1) or
+                    len(calls) >= 2)
+    resumed = train_dense("segmentation", config, tmp_path / "a", progress=False)
+    straight = train_dense("segmentation", config, tmp_path / "b", progress=False)
+    assert resumed["metrics"] == straight["metrics"] and resumed["history"] == straight["history"]
+    assert set(resumed["metrics"]) == {"miou", "miou_best", "best_iter", "aacc", "macc"}
+    assert resumed["untrained"]["miou"] >= 0 and (tmp_path / "a" / "log.txt").read_text().count("\n") == 1
+
+
+def test_backbone_run_is_the_imagenet_tables_run():
+    import tomllib
+
+    from ablations import SPECS
+    from ablations.spec import load_spec
+    from repnext.dense.experiment import imagenet_run
+
+    cell = tomllib.loads((SPECS / "detection.toml").read_text())["parameters"]["backbone_run"]
+    for profile, distillation in (("smoke", False), ("full", True)):
+        ids = {r.run_id for r in load_spec("imagenet").expand(profile)
+               if r.config.model == "repnext_m3" and r.config.distillation == distillation}
+        assert ids == {imagenet_run("repnext_m3", profile, cell).run_id}

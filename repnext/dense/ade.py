@@ -28,13 +28,14 @@ STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1) * 255
 
 
 def ade_root(root: str | Path) -> Path:
-    """The ``ADEChallengeData2016`` folder under (or at) ``root``; else a one-line error naming the layout."""
+    """The ``ADEChallengeData2016`` folder at ``root``, under it, or under ``root/ade20k`` (one --data-root for
+    every table); else a one-line error naming the layout."""
     path = Path(root).expanduser()
-    base = path if path.name == "ADEChallengeData2016" else path / "ADEChallengeData2016"
-    needed = [base / kind / split for kind in ("images", "annotations") for split in ("training", "validation")]
-    if not all(p.is_dir() for p in needed):
-        raise DatasetError(f"ADE20K root {path} does not hold {LAYOUT}")
-    return base
+    for base in (path, path / "ADEChallengeData2016", path / "ade20k" / "ADEChallengeData2016"):
+        needed = [base / kind / split for kind in ("images", "annotations") for split in ("training", "validation")]
+        if base.name == "ADEChallengeData2016" and all(p.is_dir() for p in needed):
+            return base
+    raise DatasetError(f"ADE20K root {path} (or {path / 'ade20k'}) does not hold {LAYOUT}")
 
 
 def rescale_size(h: int, w: int, scale: tuple[float, float]) -> tuple[int, int]:

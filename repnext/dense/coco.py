@@ -22,14 +22,15 @@ LAYOUT = "annotations/instances_{train,val}2017.json, train2017/, val2017/"
 
 
 def coco_root(root: str | Path) -> Path:
-    """``root`` if it holds COCO 2017 in the official layout; else a one-line error naming that layout."""
+    """``root`` (or ``root/coco``, so that one --data-root serves every table) if it holds COCO 2017 in the
+    official layout; else a one-line error naming that layout."""
     path = Path(root).expanduser()
-    needed = [path / "annotations" / f"instances_{s}2017.json" for s in ("train", "val")]
-    needed += [path / f"{s}2017" for s in ("train", "val")]
-    missing = [str(p.relative_to(path)) for p in needed if not p.exists()]
-    if missing:
-        raise DatasetError(f"COCO root {path} lacks {', '.join(missing)}; expected {LAYOUT}")
-    return path
+    for base in (path, path / "coco"):
+        needed = [base / "annotations" / f"instances_{s}2017.json" for s in ("train", "val")]
+        needed += [base / f"{s}2017" for s in ("train", "val")]
+        if all(p.exists() for p in needed):
+            return base
+    raise DatasetError(f"COCO root {path} (or {path / 'coco'}) does not hold {LAYOUT}")
 
 
 def load_coco(annotation_file: Path):
