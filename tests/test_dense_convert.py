@@ -184,4 +184,5 @@ def test_evaluate_wants_coco_val(official, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "categories, the detector 80; expected COCO 2017 (80)" in err and "\n" not in err
     assert main([str(src), str(tmp_path / "m3.safetensors"), "--evaluate", str(tmp_path / "nowhere")]) == 1
-    assert "lacks annotations/instances_train2017.json" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "nowhere" in err and "annotations/instances_{train,val}2017.json" in err and "\n" not in err
