@@ -207,3 +207,29 @@ def test_backbone_run_is_the_imagenet_tables_run():
         ids = {r.run_id for r in load_spec("imagenet").expand(profile)
                if r.config.model == "repnext_m3" and r.config.distillation == distillation}
         assert ids == {imagenet_run("repnext_m3", profile, cell).run_id}
+
+
+def test_tables_show_paper_ours_delta(tmp_path):
+    from ablations.render import table_frame, to_latex
+    from ablations.spec import load_spec
+    from repnext.results import write_json
+
+    det, seg = load_spec("detection"), load_spec("segmentation")
+    metrics = {"box_ap": 40.81, "box_ap50": 62.4, "box_ap75": 44.7, "mask_ap": 37.8, "mask_ap50": 59.5,
+               "mask_ap75": 40.6, "box_ap_final": 40.65, "best_epoch": 9}
+    runs = det.expand("full")
+    write_json(runs[0].folder(tmp_path) / "record.json", {"status": "complete", "data": "coco", "metrics": metrics})
+    latency = next(r for r in load_spec("latency").expand("full") if r.config.model == "repnext_m3")
+    write_json(latency.folder(tmp_path) / "record.json", {"status": "complete", "backbone": {"latency_ms": 7.25}})
+    frame = table_frame(det, runs, tmp_path)
+    row = frame.loc["RepNeXt-M3"]
+    assert (row[("AP box", "paper")], row[("AP box", "ours")], row[("AP box", "Δ")]) == ("40.8", "40.8", "+0.0")
+    assert row[("AP box, final epoch", "ours")] == "40.6" and row[("Backbone 512x512 (ms)", "ours")] == "7.2"
+    assert frame.loc["RepNeXt-M4"][("AP mask", "ours")] == "—" and "tab:detection" in to_latex(det, frame, [])
+    runs = seg.expand("smoke")  # trained on the synthetic set: beside the paper's value, no delta
+    write_json(runs[0].folder(tmp_path) / "record.json", {"status": "complete", "data": "digits",
+                                                          "metrics": {"miou": 55.55, "miou_best": 56.0}})
+    frame = table_frame(seg, runs, tmp_path)
+    assert (frame.loc["RepNeXt-M3", ("mIoU (%)", "paper")], frame.loc["RepNeXt-M3", ("mIoU (%)", "ours")]) == (
+        "40.6", "55.5")
+    assert ("mIoU (%)", "Δ") not in frame.columns
