@@ -164,6 +164,8 @@ def test_import_keeps_trained_runs_and_rejects_other_files(tmp_path, capsys):
 
 
 def test_reimport_is_a_no_op_and_another_file_needs_force(tmp_path, capsys):
+    assert main(["import", str(COCO), "--results", str(tmp_path), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("would import detection/") and not any(tmp_path.iterdir())
     assert import_dense_log(COCO, tmp_path)[2] and not import_dense_log(COCO, tmp_path)[2]
     edited = tmp_path / "repnext_m3_coco.json"  # the same run's log with one number changed
     edited.write_text(COCO.read_text().replace('"bbox_mAP": 0.4082', '"bbox_mAP": 0.4182'))

@@ -238,10 +238,11 @@ def _check_target(log: DenseLog, paths: RunPaths, existing: dict | None, sha256:
     return existing is not None
 
 
-def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS,
-                     force: bool = False) -> tuple[str, dict, bool]:
-    """Import one official JSON log; returns (table, record, whether the store changed). Re-importing the same
-    bytes changes nothing; only ``force`` replaces a trained run or another file's import."""
+def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, force: bool = False,
+                     dry_run: bool = False) -> tuple[str, dict, bool]:
+    """Import one official JSON log; returns (table, record, whether the store changes). Re-importing the same
+    bytes changes nothing; only ``force`` replaces a trained run or another file's import; ``dry_run``
+    writes nothing."""
     log = parse(Path(path).expanduser().resolve())
     config, table = run_config(log), log.task  # the tables are named after their tasks
     paths = RunPaths(Path(results).expanduser() / table / config.run_id)
@@ -261,6 +262,8 @@ def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS,
         # "imported": what the tables and repnext.logs call a record read from an official log
         "source": "imported", "source_file": str(log.path), "source_format": log.format, "source_sha256": sha256,
     }
+    if dry_run:
+        return table, record, True
     write_json(paths.config, {"run_id": config.run_id, "config": dataclasses.asdict(config),
                               "resolved": {k: record[k] for k in ("batch_size", "lr", "weight_decay", "seed")}})
     write_log(paths.log, history(log))
@@ -286,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("paths", nargs="+", metavar="PATH")
     imp.add_argument("--results", default=str(DEFAULT_RESULTS), help="the results store (default: %(default)s)")
     imp.add_argument("--force", action="store_true", help="replace a trained run's or another file's record")
+    imp.add_argument("--dry-run", action="store_true", help="print what each file would become; write nothing")
     args = p.parse_args(argv)
     failed = 0
     for path in args.paths:
@@ -293,10 +297,11 @@ def main(argv: list[str] | None = None) -> int:
             if not path.endswith(".json"):
                 raise DenseLogError(f"{path}: not a .json log; import DeiT log.txt / summary.csv files in "
                                     "another call")
-            table, record, changed = import_dense_log(path, args.results, args.force)
+            table, record, changed = import_dense_log(path, args.results, args.force, args.dry_run)
         except (DenseLogError, OSError) as e:
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        print(("imported " if changed else "unchanged ") + _summary(table, record))
+        action = ("would import " if args.dry_run else "imported ") if changed else "unchanged "
+        print(action + _summary(table, record))
     return 1 if failed else 0
