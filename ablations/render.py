@@ -79,6 +79,15 @@ METRICS = {
                                          ("random_on_digit", "random", "mass_on_digit", "random init, on digit"))},
 }
 
+# --- the dense tables (repnext.dense): COCO APs and ADE20K mIoU (percent) from the record's ``metrics`` ---
+METRICS.update({
+    key: Metric(header, lambda r, k=key: r["metrics"][k], 1, trained=True)
+    for key, header in (("box_ap", "AP box"), ("box_ap50", "AP50 box"), ("box_ap75", "AP75 box"),
+                        ("mask_ap", "AP mask"), ("mask_ap50", "AP50 mask"), ("mask_ap75", "AP75 mask"),
+                        ("box_ap_final", "AP box, final epoch"), ("miou", "mIoU (%)"),
+                        ("miou_best", "mIoU, best evaluation (%)"))
+})
+
 
 def complete_record(run: Run, results: Path) -> dict | None:
     record = read_json(run.folder(results) / "record.json")

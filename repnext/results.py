@@ -234,4 +234,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if any(arg.endswith(".json") for arg in sys.argv[1:]):  # mmdet/mmseg logs: the dense tables
+        from .dense.official_logs import main as dense_main  # not at the top: official_logs imports this module
+
+        sys.exit(dense_main())
     sys.exit(main())
