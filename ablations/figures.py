@@ -6,6 +6,8 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from repnext.files import atomic_write
+
 from .spec import Run, TableSpec
 
 Figure = Callable[[TableSpec, list[Run], Path, str, Path], list[Path]]
@@ -14,18 +16,13 @@ FIGURES: dict[str, Figure] = {}
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
-    """PNG and PDF, each written to a temporary name and renamed (a reader never sees half a figure)."""
+    """PNG and PDF, each written atomically (a reader never sees half a figure)."""
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path, tmp = out_dir / f"{name}.{ext}", out_dir / f".{name}.{ext}.tmp"
-        # no creation date in the PDF: re-rendering unchanged results gives identical files
-        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
-                    metadata={"CreationDate": None} if ext == "pdf" else None)
-        tmp.replace(path)
-        paths.append(path)
+    # no creation date in the PDF: re-rendering unchanged results gives identical files
+    paths = [atomic_write(out_dir / f"{name}.{ext}", lambda f, ext=ext: fig.savefig(
+        f, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None))
+        for ext in ("png", "pdf")]
     plt.close(fig)
     return paths
 

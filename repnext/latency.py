@@ -31,6 +31,7 @@ import torch
 
 from .bench import build_form, forms_of, make_step, run, timed
 from .config import RunConfig
+from .messages import first_line
 from .profiles import for_profile
 from .results import RunPaths, write_json
 from .train import Dist, cpu_name, environment
@@ -100,7 +101,7 @@ def gpu_throughput(name: str, img_size: int = 224, warmup_s: float = 5.0, time_s
             torch.cuda.synchronize(dev)
             return True
         except RuntimeError as e:  # OutOfMemoryError, or a kernel refusing a tensor of 2**31 or more elements
-            refused.append(f"batch {batch}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
+            refused.append(f"batch {batch}: {first_line(e)}")
             return False
         finally:
             torch.cuda.empty_cache()

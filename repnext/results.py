@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .files import atomic_write_text
+from .files import atomic_write, atomic_write_text
 
 DEFAULT_RESULTS = Path(os.environ.get("REPNEXT_RESULTS", "results"))
 
@@ -64,17 +63,8 @@ def write_log(path: Path, history: list[dict]) -> Path:
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:
-    """torch.save to a temporary name, then rename: a crash leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """torch.save through ``atomic_write``: a crash leaves the previous checkpoint intact."""
+    return atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: Path) -> dict:
