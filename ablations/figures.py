@@ -8,6 +8,7 @@ from pathlib import Path
 
 from repnext.files import atomic_write
 
+from .records import METRICS, complete_record
 from .spec import Run, TableSpec
 
 Figure = Callable[[TableSpec, list[Run], Path, str, Path], list[Path]]
@@ -35,8 +36,6 @@ def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
     import seaborn as sns
 
     from repnext.reference import paper_values
-
-    from .render import complete_record
 
     rows = []
     for run in runs:
@@ -89,7 +88,6 @@ def our_top1(model: str, results: Path, profile: str) -> float | None:
     (a profile that substitutes data, e.g. smoke's digits, gives no ImageNet accuracy)."""
     from repnext.profiles import get_profile
 
-    from .render import complete_record
     from .spec import SpecError, load_spec
 
     if get_profile(profile).substitute_data:
@@ -113,8 +111,6 @@ def latency_accuracy_frame(spec: TableSpec, runs: list[Run], results: Path, prof
     import pandas as pd
 
     from repnext.reference import paper_values
-
-    from .render import METRICS, complete_record
 
     rows = []
     for run in {run.config.model: run for run in runs}.values():
@@ -205,8 +201,6 @@ def gradcam(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_d
     import numpy as np
 
     from repnext.cam import CAMS_FILE, cam_grid
-
-    from .render import complete_record
 
     rgb, names, columns, maps, cells = None, None, [], [], []
     for run in runs:

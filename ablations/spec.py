@@ -45,7 +45,7 @@ class Run:
 
 @dataclass(frozen=True)
 class Column:
-    """A reported quantity: ``metric`` (an ``ablations.render.METRICS`` name) of the row's run whose paper
+    """A reported quantity: ``metric`` (an ``ablations.records.METRICS`` name) of the row's run whose paper
     fields match ``where`` (e.g. ``{distillation = true}``), beside reference.csv's ``reference`` value."""
     metric: str
     reference: str       # "" when the paper does not report it

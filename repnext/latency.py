@@ -23,15 +23,13 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import timm
 import torch
 
-from .bench import build_form, forms_of, make_step, run, timed
+from .bench import forms_of, fused_form, gpu_throughput, make_step, run, timed
 from .config import RunConfig
-from .messages import first_line
 from .profiles import for_profile
 from .results import RunPaths, write_json
 from .train import Dist, cpu_name, environment
@@ -43,11 +41,6 @@ BACKBONE_MODELS = ("repnext_m3", "repnext_m4", "repnext_m5", "repvit_m1_1", "rep
 def cpu_forms(name: str) -> tuple[str, ...]:
     """The forms timed on the CPU; the last one is the fused (deployed) form."""
     return REPNEXT_FORMS if name.startswith("repnext") else forms_of(name)
-
-
-def fused_form(name: str) -> str:
-    """RepNeXt: ``full``; timm models: ``fused`` (``reparameterize_model``), or ``train`` with nothing to fuse."""
-    return "full" if name.startswith("repnext") else cpu_forms(name)[-1]
 
 
 def _summary(seconds: list[float], batch: int) -> dict:
@@ -73,61 +66,6 @@ def cpu_speed(name: str, rounds: int, latency_iters: int, batch: int = 16, img_s
             "rounds": rounds, "latency_iters": latency_iters, "fused_form": fused_form(name),
             "load_avg_before": [round(x, 2) for x in load], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
             "forms": out}
-
-
-def largest_batch(fits: Callable[[int], bool], cap: int, start: int = 1) -> int | None:
-    """The largest power of two in [start, cap] for which ``fits`` holds, doubling up from ``start``
-    (``fits`` is assumed monotone: a batch that does not fit means no larger one does); None: not even start."""
-    if not fits(start):
-        return None
-    batch = start
-    while batch * 2 <= cap and fits(batch * 2):
-        batch *= 2
-    return batch
-
-
-def gpu_throughput(name: str, img_size: int = 224, warmup_s: float = 5.0, time_s: float = 10.0,
-                   max_batch: int = 16384, device: str = "cuda") -> dict:
-    """The papers' GPU throughput of the fused model (see the module docstring)."""
-    dev = torch.device(device)
-    form = "official" if name.startswith("repnext") else fused_form(name)  # speed_gpu.py: replace_batchnorm
-    model = build_form(name, form, dev, channels_last=False).eval()
-    refused: list[str] = []  # why the first batch too large did not run
-
-    def fits(batch: int) -> bool:
-        try:
-            with torch.inference_mode():
-                model(torch.zeros(batch, 3, img_size, img_size, device=dev))
-            torch.cuda.synchronize(dev)
-            return True
-        except RuntimeError as e:  # OutOfMemoryError, or a kernel refusing a tensor of 2**31 or more elements
-            refused.append(f"batch {batch}: {first_line(e)}")
-            return False
-        finally:
-            torch.cuda.empty_cache()
-
-    batch = largest_batch(fits, max_batch)
-    if batch is None:
-        raise RuntimeError(f"{name}: not even batch 1 runs on {torch.cuda.get_device_name(dev)} ({refused[0]})")
-    x = torch.randn(batch, 3, img_size, img_size, device=dev)
-    timing: list[float] = []
-    with torch.inference_mode():
-        torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        while time.perf_counter() - start < warmup_s:
-            model(x)
-        torch.cuda.synchronize(dev)
-        while sum(timing) < time_s:
-            start = time.perf_counter()
-            model(x)
-            torch.cuda.synchronize(dev)
-            timing.append(time.perf_counter() - start)
-    return {"images_per_second": batch / statistics.fmean(timing), "batch": batch, "max_batch": max_batch,
-            "larger_batch": refused[0] if refused else f"not tried (max_batch {max_batch})",
-            "form": form, "img_size": img_size, "dtype": "float32", "channels_last": False, "autocast": None,
-            "warmup_s": warmup_s, "time_s": time_s, "iterations": len(timing),
-            "device": torch.cuda.get_device_name(dev), "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(), "threads": torch.get_num_threads()}
 
 
 def backbone_latency(name: str, img_size: int = 512, rounds: int = 3, iters: int = 1,

@@ -6,11 +6,12 @@ import timm
 import torch
 
 from ablations.figures import FIGURES, latency_accuracy, latency_accuracy_frame
-from ablations.render import METRICS
+from ablations.records import METRICS
 from ablations.run import main
 from ablations.spec import load_spec
+from repnext.bench import fused_form, gpu_throughput, largest_batch
 from repnext.config import RunConfig
-from repnext.latency import cpu_forms, fused_form, gpu_throughput, largest_batch, measure_cell
+from repnext.latency import cpu_forms, measure_cell
 from repnext.profiles import for_profile
 from repnext.reference import paper_value
 from repnext.results import read_json, write_json
@@ -115,7 +116,7 @@ def test_parameters_pick_by_profile():
 
 def test_gpu_throughput_method_without_a_gpu(monkeypatch):
     """The papers' loop (batch search, warm-up, synchronised timing) with CUDA's calls stubbed, on the CPU."""
-    import repnext.latency as latency
+    import repnext.bench as bench
 
     class Small(torch.nn.Module):  # "runs out of memory" above batch 8
         def forward(self, x):
@@ -124,7 +125,7 @@ def test_gpu_throughput_method_without_a_gpu(monkeypatch):
             return x.mean((2, 3))
 
     built = []
-    monkeypatch.setattr(latency, "build_form", lambda *a, **k: built.append((a, k)) or Small())
+    monkeypatch.setattr(bench, "build_form", lambda *a, **k: built.append((a, k)) or Small())
     for fn in ("synchronize", "empty_cache"):
         monkeypatch.setattr(torch.cuda, fn, lambda *a: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stub GPU")
