@@ -106,8 +106,9 @@ def our_top1(model: str, results: Path, profile: str) -> float | None:
 
 def latency_accuracy_frame(spec: TableSpec, runs: list[Run], results: Path, profile: str):
     """Figure 1's points: ``panel`` paper (iPhone 12 latency, paper top-1) or ours (this machine's fused batch-1
-    latency; our top-1 where the results store has it, else the paper's, said in ``accuracy``). Models with a
-    latency but no accuracy anywhere have ``top1`` NaN (listed under the figure, not plotted)."""
+    latency; our top-1 where the results store has it, else the paper's, said in ``accuracy``; ``job``: the runs
+    timed together with it). Models with a latency but no accuracy anywhere have ``top1`` NaN (listed under the
+    figure, not plotted)."""
     import pandas as pd
 
     from repnext.reference import paper_values
@@ -130,8 +131,9 @@ def latency_accuracy_frame(spec: TableSpec, runs: list[Run], results: Path, prof
             accuracy = f"our top-1 ({profile})" if ours is not None else PAPER_LABEL if top1 == top1 else "none"
             rows.append(base | {"panel": "ours", "latency_ms": METRICS["latency_ms"].value(record),
                                 "top1": top1 if ours is None else ours, "accuracy": accuracy,
-                                "device": f"{cpu['device']}, {cpu['threads']} thread(s)"})
-    columns = ["panel", "model", "short", "family", "latency_ms", "top1", "accuracy", "device"]
+                                "device": f"{cpu['device']}, {cpu['threads']} thread(s)",
+                                "job": " ".join(record.get("side_by_side", [run.run_id]))})
+    columns = ["panel", "model", "short", "family", "latency_ms", "top1", "accuracy", "device", "job"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -155,7 +157,9 @@ def latency_accuracy(spec: TableSpec, runs: list[Run], results: Path, profile: s
         elif ours_all.empty:
             title = "ours: no complete runs yet"
         else:
-            title = f"ours: {ours_all['device'].iloc[0]}\nbatch 1, fused form"
+            jobs = ours_all["job"].nunique()  # models timed apart compare the machine's load as much
+            together = "in one job, interleaved" if jobs == 1 else f"in {jobs} separate jobs"
+            title = f"ours: {ours_all['device'].iloc[0]}\nbatch 1, fused form, timed {together}"
         if part.empty:
             ax.text(0.5, 0.5, "no points yet", ha="center", va="center", transform=ax.transAxes)
         else:

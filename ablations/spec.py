@@ -69,6 +69,9 @@ class TableSpec:
     parameters: dict = field(default_factory=dict)
     figures: tuple[str, ...] = ()  # names in ablations.figures.FIGURES, drawn after the table
     notes: tuple[str, ...] = ()  # printed under the table: how its numbers are measured
+    # its runs time models against each other: the runner measures them all in one job (the notebook gets
+    # them as ``side_by_side``), again all together if any is missing, and runs no other job beside it
+    exclusive: bool = False
 
     @property
     def notebook_path(self) -> Path:
@@ -137,7 +140,7 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
     spec = TableSpec(name=name, title=data["title"], notebook=data["notebook"], reference=data["reference"],
                      columns=tuple(columns), grid=grid, rows=rows, labels=data.get("labels", {}),
                      parameters=data.get("parameters", {}), figures=tuple(data.get("figures", ())),
-                     notes=tuple(data.get("notes", ())))
+                     notes=tuple(data.get("notes", ())), exclusive=bool(data.get("exclusive", False)))
     if not spec.notebook_path.is_file():
         raise SpecError(f"{path}: notebook {spec.notebook_path} does not exist")
     return spec
