@@ -41,15 +41,16 @@ BACKBONE_MODELS = ("repnext_m3", "repnext_m4", "repnext_m5", "repvit_m1_1", "rep
 
 
 def cpu_forms(name: str) -> tuple[str, ...]:
-    """The forms timed on the CPU; the last one is the fused (deployed) form."""
+    """The forms timed on the CPU (RepNeXt's deployed one is ``full``; a timm model's is its last)."""
     return REPNEXT_FORMS if name.startswith("repnext") else forms_of(name)
 
 
 def _summary(seconds: list[float], batch: int) -> dict:
     med = statistics.median(seconds)
-    return {"latency_ms": 1e3 * med, "latency_ms_min": 1e3 * min(seconds), "latency_round_s": seconds} \
-        if batch == 1 else {"throughput_img_s": batch / med, "throughput_img_s_max": batch / min(seconds),
-                            "throughput_round_s": seconds}
+    if batch == 1:
+        return {"latency_ms": 1e3 * med, "latency_ms_min": 1e3 * min(seconds), "latency_round_s": seconds}
+    return {"throughput_img_s": batch / med, "throughput_img_s_max": batch / min(seconds),
+            "throughput_round_s": seconds}
 
 
 def paired_speedups(seconds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
@@ -64,7 +65,9 @@ def cpu_speed(names: list[str], rounds: int, latency_iters: int, batch: int = 16
     """Per model: batch-1 latency and batch-``batch`` throughput of every form on the CPU (float32), every form
     of every model interleaved round by round, and the fused forms' paired speedups over the other models."""
     dev = torch.device("cpu")
-    forms = list(dict.fromkeys(form for name in names for form in cpu_forms(name)))
+    # a timm model's forms are found by building it: once per model, not per case
+    own, deployed = {name: cpu_forms(name) for name in names}, {name: fused_form(name) for name in names}
+    forms = list(dict.fromkeys(form for name in names for form in own[name]))
     load = os.getloadavg()
     cases = run(names, ["latency"], forms, batch, img_size, rounds, dev, "none", [channels_last], latency_iters,
                 progress=False)
@@ -72,16 +75,16 @@ def cpu_speed(names: list[str], rounds: int, latency_iters: int, batch: int = 16
                  progress=False)
     after = os.getloadavg()
     fused = {task: paired_speedups({c.model: c.seconds for c in cases if c.task == task
-                                    and c.form == fused_form(c.model)}) for task in ("latency", "throughput")}
+                                    and c.form == deployed[c.model]}) for task in ("latency", "throughput")}
     out = {}
     for name in names:
-        forms_out = {form: {} for form in cpu_forms(name)}
+        forms_out = {form: {} for form in own[name]}
         for case in (c for c in cases if c.model == name):
             forms_out[case.form].update(_summary(case.seconds, case.batch))
         out[name] = {
             "device": f"{cpu_name()} (CPU)", "img_size": img_size, "latency_batch": 1, "throughput_batch": batch,
             "dtype": "float32", "channels_last": channels_last, "threads": torch.get_num_threads(),
-            "rounds": rounds, "latency_iters": latency_iters, "fused_form": fused_form(name),
+            "rounds": rounds, "latency_iters": latency_iters, "fused_form": deployed[name],
             "load_avg_before": [round(x, 2) for x in load], "load_avg_after": [round(x, 2) for x in after],
             "forms": forms_out, "measured_with": [n for n in names if n != name],
             "paired_speedup": {task: fused[task][name] for task in fused}}
