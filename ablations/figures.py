@@ -6,8 +6,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from repnext.files import atomic_write
 from repnext.reference import round_half_up
 
+from .records import METRICS, complete_record, official_runs
 from .spec import Run, TableSpec
 
 Figure = Callable[[TableSpec, list[Run], Path, str, Path], list[Path]]
@@ -16,18 +18,13 @@ FIGURES: dict[str, Figure] = {}
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
-    """PNG and PDF, each written to a temporary name and renamed (a reader never sees half a figure)."""
+    """PNG and PDF, each written atomically (a reader never sees half a figure)."""
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path, tmp = out_dir / f"{name}.{ext}", out_dir / f".{name}.{ext}.tmp"
-        # no creation date in the PDF: re-rendering unchanged results gives identical files
-        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
-                    metadata={"CreationDate": None} if ext == "pdf" else None)
-        tmp.replace(path)
-        paths.append(path)
+    # no creation date in the PDF: re-rendering unchanged results gives identical files
+    paths = [atomic_write(out_dir / f"{name}.{ext}", lambda f, ext=ext: fig.savefig(
+        f, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None))
+        for ext in ("png", "pdf")]
     plt.close(fig)
     return paths
 
@@ -41,8 +38,6 @@ def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
     import seaborn as sns
 
     from repnext.reference import paper_values
-
-    from .render import complete_record, official_runs
 
     rows = []
     for run in [*runs, *official_runs(spec, results)]:
@@ -96,7 +91,6 @@ def our_top1(model: str, results: Path, profile: str) -> float | None:
     (a profile that substitutes data, e.g. smoke's digits, gives no ImageNet accuracy)."""
     from repnext.profiles import get_profile
 
-    from .render import complete_record
     from .spec import SpecError, load_spec
 
     if get_profile(profile).substitute_data:
@@ -115,13 +109,12 @@ def our_top1(model: str, results: Path, profile: str) -> float | None:
 
 def latency_accuracy_frame(spec: TableSpec, runs: list[Run], results: Path, profile: str):
     """Figure 1's points: ``panel`` paper (iPhone 12 latency, paper top-1) or ours (this machine's fused batch-1
-    latency; our top-1 where the results store has it, else the paper's, said in ``accuracy``). Models with a
-    latency but no accuracy anywhere have ``top1`` NaN (listed under the figure, not plotted)."""
+    latency; our top-1 where the results store has it, else the paper's, said in ``accuracy``; ``job``: the runs
+    timed together with it). Models with a latency but no accuracy anywhere have ``top1`` NaN (listed under the
+    figure, not plotted)."""
     import pandas as pd
 
     from repnext.reference import paper_values
-
-    from .render import METRICS, complete_record
 
     rows = []
     for run in {run.config.model: run for run in runs}.values():
@@ -141,8 +134,9 @@ def latency_accuracy_frame(spec: TableSpec, runs: list[Run], results: Path, prof
             accuracy = f"our top-1 ({profile})" if ours is not None else PAPER_LABEL if top1 == top1 else "none"
             rows.append(base | {"panel": "ours", "latency_ms": METRICS["latency_ms"].value(record),
                                 "top1": top1 if ours is None else ours, "accuracy": accuracy,
-                                "device": f"{cpu['device']}, {cpu['threads']} thread(s)"})
-    columns = ["panel", "model", "short", "family", "latency_ms", "top1", "accuracy", "device"]
+                                "device": f"{cpu['device']}, {cpu['threads']} thread(s)",
+                                "job": " ".join(record.get("side_by_side", [run.run_id]))})
+    columns = ["panel", "model", "short", "family", "latency_ms", "top1", "accuracy", "device", "job"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -166,7 +160,9 @@ def latency_accuracy(spec: TableSpec, runs: list[Run], results: Path, profile: s
         elif ours_all.empty:
             title = "ours: no complete runs yet"
         else:
-            title = f"ours: {ours_all['device'].iloc[0]}\nbatch 1, fused form"
+            jobs = ours_all["job"].nunique()  # models timed apart compare the machine's load as much
+            together = "in one job, interleaved" if jobs == 1 else f"in {jobs} separate jobs"
+            title = f"ours: {ours_all['device'].iloc[0]}\nbatch 1, fused form, timed {together}"
         if part.empty:
             ax.text(0.5, 0.5, "no points yet", ha="center", va="center", transform=ax.transAxes)
         else:
@@ -212,8 +208,6 @@ def gradcam(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_d
     import numpy as np
 
     from repnext.cam import CAMS_FILE, cam_grid
-
-    from .render import complete_record
 
     rgb, names, columns, maps, cells = None, None, [], [], []
     for run in runs:

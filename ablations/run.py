@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         pending = pending_runs(runs, results)
         # cells the profile maps to the same run (smoke trains every dataset on the digits) run once
         todo = list({run.run_id: run for run in pending if run.run_id in selected}.values())
+        if spec.exclusive and todo:  # models timed against each other are timed again together, never piecemeal
+            todo = list({run.run_id: run for run in runs if run.run_id in selected}.values())
         print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(pending)} complete, {len(todo)} to run "
               f"({args.cluster}, profile {args.profile}) -> {results / spec.name}")
         if args.dry_run:

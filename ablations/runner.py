@@ -50,6 +50,16 @@ def notebook_task(spec: TableSpec, run: Run, results: Path) -> NotebookTask:
                         record=str(paths.record), checkpoint=str(paths.checkpoint), stop=str(paths.stop))
 
 
+def job_tasks(spec: TableSpec, runs: list[Run], results: Path) -> list[tuple[list[Run], NotebookTask]]:
+    """The jobs to submit and the runs each one completes: a job per run, or for an exclusive spec a single
+    job for all its runs (the models it compares are timed side by side, not each beside another job)."""
+    if not spec.exclusive:
+        return [([run], notebook_task(spec, run, results)) for run in runs]
+    task = notebook_task(spec, runs[0], results)
+    together = [{"config": dataclasses.asdict(run.config), "output": str(run.folder(results))} for run in runs]
+    return [(runs, dataclasses.replace(task, parameters={**task.parameters, "side_by_side": together}))]
+
+
 def submission_folder(results: Path, table: str) -> Path:
     """A fresh folder per invocation: submitit trusts any result file it finds, and job ids repeat."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -88,13 +98,12 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
     folder = submission_folder(results, spec.name)
     executor = make_executor(cluster, folder, slurm, max_parallel, tasks_per_node, name=f"repnext-{spec.name}")
     function = NotebookJob()
-    tasks = {run.run_id: notebook_task(spec, run, results) for run in runs}
-    queue = list(runs)
+    queue = job_tasks(spec, runs, results)
     jobs: dict[str, tuple[Run, submitit.Job]] = {}
     if cluster == "slurm":
         with executor.batch():
-            submitted = [(run, executor.submit(function, tasks[run.run_id])) for run in queue]
-        jobs = {run.run_id: (run, job) for run, job in submitted}
+            submitted = [(group, executor.submit(function, task)) for group, task in queue]
+        jobs = {run.run_id: (run, job) for group, job in submitted for run in group}
         queue = []
     outcomes: dict[str, Outcome] = {}
     total_epochs = sum(run.config.resolve().recipe.epochs for run in runs)
@@ -102,8 +111,9 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
                mininterval=POLL_S if sys.stderr.isatty() else 30)  # a log file gets a line per 30 s
     while len(outcomes) < len(runs):
         while queue and len(jobs) - len(outcomes) < max_parallel:
-            run = queue.pop(0)
-            jobs[run.run_id] = (run, executor.submit(function, tasks[run.run_id]))
+            group, task = queue.pop(0)
+            job = executor.submit(function, task)
+            jobs.update({run.run_id: (run, job) for run in group})
         running = 0
         for run_id, (run, job) in jobs.items():
             if run_id in outcomes:

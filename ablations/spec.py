@@ -45,7 +45,7 @@ class Run:
 
 @dataclass(frozen=True)
 class Column:
-    """A reported quantity: ``metric`` (an ``ablations.render.METRICS`` name) of the row's run whose paper
+    """A reported quantity: ``metric`` (an ``ablations.records.METRICS`` name) of the row's run whose paper
     fields match ``where`` (e.g. ``{distillation = true}``), beside reference.csv's ``reference`` value."""
     metric: str
     reference: str       # "" when the paper does not report it
@@ -71,6 +71,9 @@ class TableSpec:
     figures: tuple[str, ...] = ()  # names in ablations.figures.FIGURES, drawn after the table
     notes: tuple[str, ...] = ()  # printed under the table: how its numbers are measured
     official_models: tuple[str, ...] = ()  # rows only from imported official logs (paper-scale cells, never run)
+    # its runs time models against each other: the runner measures them all in one job (the notebook gets
+    # them as ``side_by_side``), again all together if any is missing, and runs no other job beside it
+    exclusive: bool = False
 
     @property
     def notebook_path(self) -> Path:
@@ -139,7 +142,8 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
     spec = TableSpec(name=name, title=data["title"], notebook=data["notebook"], reference=data["reference"],
                      columns=tuple(columns), grid=grid, rows=rows, labels=data.get("labels", {}),
                      parameters=data.get("parameters", {}), figures=tuple(data.get("figures", ())),
-                     notes=tuple(data.get("notes", ())), official_models=tuple(data.get("official_models", ())))
+                     notes=tuple(data.get("notes", ())), official_models=tuple(data.get("official_models", ())),
+                     exclusive=bool(data.get("exclusive", False)))
     if not spec.notebook_path.is_file():
         raise SpecError(f"{path}: notebook {spec.notebook_path} does not exist")
     return spec

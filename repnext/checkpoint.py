@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .messages import first_line
+
 CONTAINER_KEYS = ("model", "state_dict")
 EMA_KEYS = ("model_ema", "state_dict_ema")
 _EXPECTED = (
@@ -57,7 +59,7 @@ def read_checkpoint(path: str | Path, use_ema: bool = False) -> dict[str, torch.
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many kinds on foreign bytes (UnpicklingError, IndexError, ...)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise CheckpointError(f"{path} is not a checkpoint that loads with weights_only=True ({reason}); "
                               f"{_EXPECTED}") from None
     return extract_state_dict(obj, path, use_ema)

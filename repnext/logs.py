@@ -28,6 +28,7 @@ import yaml
 
 from .complexity import TABLE_FUSE_MODE, Complexity, measure
 from .config import RunConfig, Settings
+from .messages import first_line
 from .recipes import get_recipe
 
 MANIFEST = Path(__file__).with_name("official_logs.csv")
@@ -125,7 +126,7 @@ def parse_starnet_summary(path: Path) -> ParsedLog:
         try:
             args = yaml.safe_load(args_path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise LogImportError(f"{args_path}: not YAML ({str(e).splitlines()[0]})") from None
+            raise LogImportError(f"{args_path}: not YAML ({first_line(e)})") from None
         if not isinstance(args, dict):
             raise LogImportError(f"{args_path}: not a mapping of training arguments")
     return ParsedLog(path, "starnet-summary", _epochs_in_order(history, path), args)

@@ -1,9 +1,4 @@
-"""The results store: one folder per run, files written atomically (see DESIGN.md).
-
-    <run>/config.json  <run>/log.txt  <run>/record.json  <run>/checkpoint.pth  <run>/run.ipynb
-
-A run without record.json is unfinished (its checkpoint resumes it); a record's ``status`` is
-``complete`` or ``failed``.
+"""The results store (``repnext.store``, re-exported here) and the import of official logs into it.
 
     python -m repnext.results import [--dry-run] [--force] $(find logs -name '*.txt' -o -name '*_summary.csv')
 
@@ -13,87 +8,24 @@ unless ``--force`` is given: re-importing a file, or a byte-identical copy, chan
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from .dense import official_logs as dense_logs
 from .files import atomic_write_text
 from .logs import NUM_CLASSES, LogImportError, ParsedLog, build_record, identify, parse
-
-DEFAULT_RESULTS = Path(os.environ.get("REPNEXT_RESULTS", "results"))
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log.txt"
-
-    @property
-    def record(self) -> Path:
-        return self.root / "record.json"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pth"
-
-    @property
-    def notebook(self) -> Path:
-        return self.root / "run.ipynb"
-
-    @property
-    def stop(self) -> Path:
-        """Touched by a job's controller to ask the running training for a checkpoint (preemption)."""
-        return self.root / "stop.request"
-
-
-def write_json(path: Path, obj: object) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def log_text(history: list[dict]) -> str:
-    """log.txt in the DeiT/RepNeXt schema: one JSON object per epoch."""
-    return "".join(json.dumps(entry) + "\n" for entry in history)
-
-
-def write_log(path: Path, history: list[dict]) -> Path:
-    return atomic_write_text(path, log_text(history))
-
-
-def save_checkpoint(path: Path, state: dict) -> Path:
-    """torch.save to a temporary name, then rename: a crash leaves the previous checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
+from .store import (  # noqa: F401  (the store's names, where the project has always imported them from)
+    DEFAULT_RESULTS,
+    RunPaths,
+    load_checkpoint,
+    log_text,
+    read_json,
+    save_checkpoint,
+    write_json,
+    write_log,
+)
 
 # --- importing official logs ---------------------------------------------------------------------------
 
@@ -235,7 +167,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     if any(arg.endswith(".json") for arg in sys.argv[1:]):  # mmdet/mmseg logs: the dense tables
-        from .dense.official_logs import main as dense_main  # not at the top: official_logs imports this module
-
-        sys.exit(dense_main())
+        sys.exit(dense_logs.main())
     sys.exit(main())

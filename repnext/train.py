@@ -45,6 +45,7 @@ from .checkpoint import CheckpointError
 from .complexity import count_macs, count_params, inference_form
 from .config import RunConfig, Settings
 from .data import DatasetError, DataSplits, Transformed, build_dataset, sample_seed, seed_everything
+from .messages import first_line
 from .recipes import Recipe
 from .results import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
 
@@ -266,7 +267,7 @@ def build_teacher(s: Settings, splits: DataSplits, output: Path, device: torch.d
         teacher = timm.create_model(name, num_classes=splits.num_classes, pretrained=True,
                                     pretrained_cfg_overlay=dict(file=str(path)))
     except (RuntimeError, ValueError, KeyError) as e:
-        raise TrainingError(f"cannot load teacher {name} from {path}: {str(e).splitlines()[0]}") from None
+        raise TrainingError(f"cannot load teacher {name} from {path}: {first_line(e)}") from None
     return teacher.to(device).eval().requires_grad_(False)
 
 
@@ -412,7 +413,7 @@ def train(
         try:
             ckpt = load_checkpoint(paths.checkpoint)
         except Exception as e:  # a foreign or truncated file: say which, touch nothing
-            raise TrainingError(f"cannot resume from {paths.checkpoint}: {str(e).splitlines()[0]}") from None
+            raise TrainingError(f"cannot resume from {paths.checkpoint}: {first_line(e)}") from None
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None and ckpt.get("ema") is not None:

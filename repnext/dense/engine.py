@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..complexity import count_params
 from ..config import RunConfig
 from ..data import DatasetError, sample_seed, seed_everything
-from ..results import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
+from ..store import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
 from ..train import Dist, Interrupted, TrainingError, all_sum, environment, init_distributed, pick_device
 from .ade import IGNORE, AdeSegmentation, confusion_matrix, segmentation_metrics
 from .coco import CocoInstances, detection_metrics, grouped_batches, to_coco_results

@@ -7,7 +7,7 @@ from ..config import RunConfig
 from ..experiment import run_cell
 from ..profiles import for_profile, get_profile
 from ..recipes import get_recipe
-from ..results import RunPaths, read_json
+from ..store import RunPaths, read_json
 from ..train import StopRequests, TrainingError
 from .engine import train_dense
 

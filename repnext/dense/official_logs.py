@@ -26,7 +26,7 @@ import timm
 import repnext  # noqa: F401  (registers the RepNeXt models with timm)
 
 from ..config import RunConfig
-from ..results import DEFAULT_RESULTS, RunPaths, read_json, write_json, write_log
+from ..store import DEFAULT_RESULTS, RunPaths, read_json, write_json, write_log
 from .protocol import get_protocol
 
 FORMATS = {"detection": "mmdet-json", "segmentation": "mmseg-json"}
