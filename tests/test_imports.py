@@ -5,9 +5,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("repnext", "ablations")
-# the one cycle known today: the log import's two names (python -m repnext.results import / repnext.logs);
-# the `logs` branch removes it, and with it this exception
-KNOWN_CYCLES = [{"repnext.logs", "repnext.results"}]
 
 
 def module_name(path: Path) -> str:
@@ -85,8 +82,8 @@ def test_the_graph_is_read_from_every_kind_of_import():
 
 def test_no_import_cycle():
     graph = import_graph()
-    unexpected = [c for c in cycles(graph) if c not in KNOWN_CYCLES]
-    assert not unexpected, f"import cycles {unexpected}; the graph:\n{listing(graph)}"
+    found = cycles(graph)
+    assert not found, f"import cycles {found}; the graph:\n{listing(graph)}"
 
 
 def test_repnext_imports_nothing_of_ablations():
