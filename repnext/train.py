@@ -749,6 +749,8 @@ def main(argv: list[str] | None = None) -> int:
     except (TrainingError, CheckpointError, ValueError) as e:
         if launch_env().main or not getattr(e, "every_rank", False):
             print(f"error: {e}", file=sys.stderr)
+        else:  # every rank found it: rank 0 says it once, before torchrun or srun ends the others
+            time.sleep(5)
         return 1
     finally:
         if dist.is_initialized():
