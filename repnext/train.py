@@ -164,7 +164,8 @@ def init_distributed(device: torch.device, env: Dist) -> Dist:
 
 
 def all_sum(values: list[float], env: Dist) -> list[float]:
-    if env.world == 1:
+    """Sums of host values over the ranks, through gloo (a CUDA job's group has it beside NCCL)."""
+    if env.world == 1 and not dist.is_initialized():
         return values
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)

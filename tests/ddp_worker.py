@@ -5,7 +5,8 @@ SLURM's variables. ``ddp_worker.py OUTPUT DUMP [MODE]``; MODE:
 * ``resume``: an uninterrupted run into OUTPUT/a, then OUTPUT/b stopped mid-epoch at rank 1's request only
   and resumed; rank 0 then compares the two (``resume_rank0.json``);
 * ``nan``: rank 1's loss turns non-finite at its 3rd step; each rank dumps the error it stopped with;
-* ``die``: rank 1's process ends at its 3rd step; each rank dumps the error it stopped with (a lost peer).
+* ``die``: rank 1's process ends at its 3rd step; each rank dumps the error it stopped with (a lost peer);
+* ``collectives`` (CUDA, one rank): the engine's collectives and a DDP step on the gloo + NCCL group.
 """
 import json
 import math
@@ -13,6 +14,7 @@ import os
 import sys
 from pathlib import Path
 
+import timm
 import torch
 
 import repnext.train as engine
@@ -90,6 +92,26 @@ def failing(action) -> None:
         sys.exit(1)
 
 
+def collectives() -> None:
+    device = engine.pick_device("auto", env)
+    torch.cuda.set_device(device)
+    torch.distributed.init_process_group(engine.backend_for(device))
+    model = timm.create_model("repnext_m0", num_classes=10).to(device).to(memory_format=torch.channels_last)
+    ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device])
+    x = torch.randn(8, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,), device=device)
+    loss = engine.train_step(ddp, model, engine.DistillationLoss(torch.nn.CrossEntropyLoss()),
+                             torch.optim.AdamW(model.parameters()), None, config.resolve().recipe, x, y, "bfloat16")
+    timm.utils.distribute_bn(model, 1, reduce=True)  # BatchNorm buffers: CUDA tensors, through NCCL
+    on_device = torch.ones(3, device=device)
+    torch.distributed.all_reduce(on_device)
+    bad = torch.tensor(-1.0, dtype=torch.float64, device=device)
+    (dump / "collectives.json").write_text(json.dumps({
+        "device": str(device), "backend": str(torch.distributed.get_backend()), "loss": loss.item(),
+        "host_sum": engine.all_sum([1.0, 2.5], env), "device_sum": on_device.tolist(),
+        "agree": engine.agree(env, True, True, bad, torch.zeros_like(bad))}))
+
+
 def die(loss):
     os._exit(3)
 
@@ -102,4 +124,6 @@ elif mode == "nan":
     failing(lambda loss: loss * math.nan)
 elif mode == "die":
     failing(die)
+elif mode == "collectives":
+    collectives()
 torch.distributed.destroy_process_group()
