@@ -2,8 +2,8 @@
 SLURM's variables. ``ddp_worker.py OUTPUT DUMP [MODE]``; MODE:
 
 * ``run`` (default): one smoke run; each rank dumps its parameters and which store files it wrote;
-* ``resume``: an uninterrupted run into OUTPUT/a, then OUTPUT/b stopped mid-epoch at rank 1's request only
-  and resumed; rank 0 then compares the two (``resume_rank0.json``);
+* ``resume``: an uninterrupted run into OUTPUT/a, then OUTPUT/b saved whenever rank 0's clock says so,
+  stopped mid-epoch at rank 1's request only, and resumed; rank 0 compares the two (``resume_rank0.json``);
 * ``nan``: rank 1's loss turns non-finite at its 3rd step; each rank dumps the error it stopped with;
 * ``die``: rank 1's process ends at its 3rd step; each rank dumps the error it stopped with (a lost peer);
 * ``collectives`` (CUDA, one rank): the engine's collectives and a DDP step on the gloo + NCCL group.
@@ -61,7 +61,9 @@ def resume() -> None:
     calls = iter(range(1000))
     stop_at = 5 if rank == 1 else -1  # epoch 1, step 1 of 4: only rank 1 is asked; the ranks must agree
     try:
-        engine.train(config, output / "b", progress=False, sync_steps=2, should_stop=lambda: next(calls) == stop_at)
+        # rank 0's clock alone finds a periodic save due at every agreement: the ranks must save together
+        engine.train(config, output / "b", progress=False, sync_steps=2, should_stop=lambda: next(calls) == stop_at,
+                     checkpoint_interval=0.0 if rank == 0 else 1e9)
         raise AssertionError("the run was not interrupted")
     except engine.Interrupted as e:
         stopped = str(e)
