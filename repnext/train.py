@@ -119,8 +119,8 @@ def launch_env(environ: Mapping[str, str] = os.environ) -> Dist:
     them (else N independent world-1 runs would write one folder)."""
     if "WORLD_SIZE" in environ:
         return Dist(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", "0")))
-    if "SLURM_STEP_NUM_TASKS" in environ:  # srun sets it for its tasks; a batch script has none
-        world = int(environ.get("SLURM_NTASKS", environ["SLURM_STEP_NUM_TASKS"]))
+    if "SLURM_STEP_NUM_TASKS" in environ:  # srun sets it for its tasks; the batch script itself has none
+        world = int(environ["SLURM_STEP_NUM_TASKS"])
         return Dist(int(environ["SLURM_PROCID"]), world, int(environ.get("SLURM_LOCALID", "0")))
     return Dist()
 
