@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import repnext.train as engine
 from repnext.config import RunConfig
 from repnext.data import build_dataset
 from repnext.results import load_checkpoint
@@ -27,6 +28,7 @@ from repnext.train import (
     backend_for,
     build_loaders,
     build_scheduler,
+    build_teacher,
     check_batch,
     device_for,
     evaluate,
@@ -365,24 +367,32 @@ def test_workers_get_the_epoch_without_the_dataset_changing(uninterrupted, tmp_p
 
 # --- the distillation teacher ---------------------------------------------------------------------------------
 
-def test_the_teacher_scores_what_it_scored_when_trained(tmp_path):
+@pytest.mark.slow
+def test_the_teacher_scores_what_it_scored_when_trained(tmp_path, monkeypatch):
     """The teacher a distilled run uses carries every trained weight, its 4-class classifier included."""
     teacher_cfg = RunConfig(model="resnet10t", data="synthetic", epochs=1, batch_size=8, img_size=32)
     trained = train(teacher_cfg, tmp_path / "teacher", progress=False)
+    checkpoint = tmp_path / "teacher" / "checkpoint.pth"
     student = RunConfig(model="repnext_m0", data="synthetic", epochs=1, batch_size=8, img_size=32,
-                        distillation=True, teacher_checkpoint=str(tmp_path / "teacher" / "checkpoint.pth"))
+                        distillation=True, teacher_checkpoint=str(checkpoint))
+    used = []
+
+    def build_and_keep(*args, **kwargs):
+        used.append(build_teacher(*args, **kwargs))
+        return used[-1]
+
+    monkeypatch.setattr(engine, "build_teacher", build_and_keep)
+    train(student, tmp_path / "student", progress=False)
+    (teacher,) = used
+    assert torch.equal(teacher.fc.weight, load_checkpoint(checkpoint)["model"]["fc.weight"])
     s = student.resolve()
     splits = build_dataset(s.data, None, s.img_size)
-    teacher = load_teacher("resnet10t", Path(s.config.teacher_checkpoint), splits.num_classes).eval()
-    stored = load_checkpoint(tmp_path / "teacher" / "checkpoint.pth")["model"]
-    assert torch.equal(teacher.fc.weight, stored["fc.weight"])
     _, val = build_loaders(s, splits, Dist(), teacher)
-    scored = evaluate(teacher.to(memory_format=torch.channels_last), val, torch.device("cpu"), Dist(),
-                      channels_last=True)
+    scored = evaluate(teacher, val, torch.device("cpu"), Dist(), channels_last=True)
     assert scored["acc1"] == trained["final"]["acc1"]
     assert scored["loss"] == pytest.approx(trained["final"]["loss"], rel=1e-5)
     with pytest.raises(TrainingError, match=r"cannot load teacher resnet10t \(10 classes\).*fc.weight \(4, 512\)"):
-        load_teacher("resnet10t", Path(s.config.teacher_checkpoint), 10)  # strictly: no silent fresh head
+        load_teacher("resnet10t", checkpoint, 10)  # strictly: no silent fresh head
 
 
 # --- DDP on the CPU: agreement, resume, failure ---------------------------------------------------------------
