@@ -103,13 +103,13 @@ def collectives() -> None:
     x = torch.randn(8, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (8,), device=device)
     loss = engine.train_step(ddp, model, engine.DistillationLoss(torch.nn.CrossEntropyLoss()),
-                             torch.optim.AdamW(model.parameters()), None, config.resolve().recipe, x, y, "bfloat16")
+                             torch.optim.AdamW(model.parameters()), None, config.resolve().recipe, x, y, "none")
     timm.utils.distribute_bn(model, 1, reduce=True)  # BatchNorm buffers: CUDA tensors, through NCCL
     on_device = torch.ones(3, device=device)
     torch.distributed.all_reduce(on_device)
     bad = torch.tensor(-1.0, dtype=torch.float64, device=device)
     (dump / "collectives.json").write_text(json.dumps({
-        "device": str(device), "backend": str(torch.distributed.get_backend()), "loss": loss.item(),
+        "device": str(device), "backend": torch.distributed.get_backend_config(), "loss": loss.item(),
         "host_sum": engine.all_sum([1.0, 2.5], env), "device_sum": on_device.tolist(),
         "agree": engine.agree(env, True, True, bad, torch.zeros_like(bad))}))
 
