@@ -494,7 +494,7 @@ def train(
         should_stop: Callable[[], bool] | None = None,
         checkpoint_interval: float = 900.0,
         extra: dict | None = None,
-        sync_steps: int = 50,
+        sync_steps: int = 20,
 ) -> dict:
     """Run (or resume, or return the finished record of) one training run; returns its record.
 
