@@ -462,6 +462,15 @@ def train_step(ddp_model: nn.Module, model: nn.Module, criterion: nn.Module, opt
     return loss.detach()
 
 
+def check_launch(settings: Settings) -> tuple[Dist, torch.device]:
+    """This process's rank and device, refusing before anything is written or started a batch that does not
+    split over the ranks and a GPU index under DDP."""
+    launched = launch_env()
+    recipe = settings.recipe
+    check_batch(settings.batch_size, launched.world, recipe.mixup > 0 or recipe.cutmix > 0)
+    return launched, pick_device(settings.config.device, launched)
+
+
 NONFINITE = (math.nan, math.inf, -math.inf)
 
 
@@ -506,10 +515,7 @@ def train(
     """
     paths = RunPaths(Path(output).expanduser())
     settings = config.resolve()
-    launched = launch_env()
-    # before anything is written or started: a batch that does not split, a GPU index under DDP
-    check_batch(settings.batch_size, launched.world, settings.recipe.mixup > 0 or settings.recipe.cutmix > 0)
-    device = pick_device(config.device, launched)
+    launched, device = check_launch(settings)
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
