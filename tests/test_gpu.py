@@ -87,3 +87,11 @@ def test_distilled_run_with_its_teacher_on_cuda(tmp_path):
     assert record["environment"]["device"] == "cuda:0"
     teacher = json.loads(next((tmp_path / ".teachers").iterdir()).joinpath("record.json").read_text())
     assert teacher["status"] == "complete" and teacher["environment"]["device"] == "cuda:0"
+
+
+def test_a_tables_throughput_is_measured_on_the_jobs_gpu(tmp_path):
+    from repnext.experiment import run_cell
+
+    config = {"model": "repnext_m0", "data": "synthetic", "epochs": 1, "batch_size": 16, "img_size": 32}
+    record = run_cell(config, tmp_path / "run", num_classes=10, img_size=64, throughput_batch=16)
+    assert record["throughput"]["device"] == torch.cuda.get_device_name(0)
