@@ -7,7 +7,6 @@ run's record, so a record is complete exactly when everything its table needs is
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .bench import throughput
@@ -15,7 +14,7 @@ from .complexity import complexity
 from .config import RunConfig
 from .profiles import get_profile
 from .results import RunPaths
-from .train import StopRequests, train
+from .train import StopRequests, launch_env, pick_device, train
 
 PAPER_NUM_CLASSES = {"imagenet": 1000, "cifar100": 100}
 
@@ -44,10 +43,12 @@ def run_cell(config: dict | RunConfig, output: str | Path, num_classes: int | No
             num_classes = PAPER_NUM_CLASSES[data]
     if "paper_setting" not in extra:
         extra["paper_setting"] = complexity(config.model, num_classes, img_size, fuse_mode).as_dict()
-    if throughput_batch and int(os.environ.get("RANK", "0")) == 0:  # DDP: the rank writing the record times
-        extra["throughput"] = throughput(config.model, batch=throughput_batch, img_size=img_size)
+    rank = launch_env()
+    if throughput_batch and rank.main:  # DDP: the rank writing the record times, on the job's device
+        device = str(pick_device(config.device, rank))
+        extra["throughput"] = throughput(config.model, batch=throughput_batch, img_size=img_size, device=device)
     paths = RunPaths(Path(output))
-    with StopRequests(paths.stop) as should_stop:
+    with StopRequests(paths.stop if rank.main else None) as should_stop:  # rank 0 watches the file for all
         return train(config, output, progress=progress, should_stop=should_stop, extra=extra)
 
 
