@@ -6,6 +6,10 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
+from repnext.files import atomic_write
+from repnext.reference import round_half_up
+
+from .records import METRICS, complete_record, official_runs
 from .spec import Run, TableSpec
 
 Figure = Callable[[TableSpec, list[Run], Path, str, Path], list[Path]]
@@ -14,35 +18,29 @@ FIGURES: dict[str, Figure] = {}
 
 
 def _save(fig, out_dir: Path, name: str) -> list[Path]:
-    """PNG and PDF, each written to a temporary name and renamed (a reader never sees half a figure)."""
+    """PNG and PDF, each written atomically (a reader never sees half a figure)."""
     import matplotlib.pyplot as plt
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for ext in ("png", "pdf"):
-        path, tmp = out_dir / f"{name}.{ext}", out_dir / f".{name}.{ext}.tmp"
-        # no creation date in the PDF: re-rendering unchanged results gives identical files
-        fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight",
-                    metadata={"CreationDate": None} if ext == "pdf" else None)
-        tmp.replace(path)
-        paths.append(path)
+    # no creation date in the PDF: re-rendering unchanged results gives identical files
+    paths = [atomic_write(out_dir / f"{name}.{ext}", lambda f, ext=ext: fig.savefig(
+        f, format=ext, dpi=150, bbox_inches="tight", metadata={"CreationDate": None} if ext == "pdf" else None))
+        for ext in ("png", "pdf")]
     plt.close(fig)
     return paths
 
 
 def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_dir: Path) -> list[Path]:
-    """Top-1 against the epoch budget, one curve per model and dataset: the paper's (top row) and ours
-    (bottom row, from the results store; smoke numbers are on the digits, so they get their own axes)."""
+    """Top-1 against the epoch budget, one curve per model and dataset: the paper's (top row), ours (from the
+    results store; smoke numbers are on the digits, so they get their own axes) and the official logs'
+    (imported records, e.g. StarNet-S1's, which the paper's table lacks)."""
     import matplotlib.pyplot as plt
     import pandas as pd
     import seaborn as sns
 
     from repnext.reference import paper_values
 
-    from .render import complete_record
-
     rows = []
-    for run in runs:
+    for run in [*runs, *official_runs(spec, results)]:
         table = f"compact_{run.paper['data']}"
         label, epochs = spec.label(run), run.paper["epochs"]
         for v in paper_values(table, run.config.model, f"top1_{epochs}e"):
@@ -50,7 +48,8 @@ def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
                          "top1": v.value})
         record = complete_record(run, results)
         if record is not None:
-            rows.append({"source": f"ours ({profile})", "data": run.paper["data"], "model": label, "epochs": epochs,
+            source = "official logs" if record.get("source") == "imported" else f"ours ({profile})"
+            rows.append({"source": source, "data": run.paper["data"], "model": label, "epochs": epochs,
                          "top1": record["best"]["acc1"]})
     frame = pd.DataFrame(rows).drop_duplicates()
     sources = list(dict.fromkeys(frame["source"]))
@@ -58,7 +57,7 @@ def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
     fig, axes = plt.subplots(len(sources), len(datasets), figsize=(4.2 * len(datasets), 3.2 * len(sources)),
                              squeeze=False, layout="constrained")
     names = {"cifar100": "CIFAR-100", "imagenet": "ImageNet-1K"}
-    models = list(dict.fromkeys(spec.label(run) for run in runs))  # one colour per model in every panel
+    models = list(dict.fromkeys(frame["model"]))  # one colour per model in every panel
     palette = dict(zip(models, sns.color_palette(n_colors=len(models))))
     for i, source in enumerate(sources):
         for j, data in enumerate(datasets):
@@ -92,7 +91,6 @@ def our_top1(model: str, results: Path, profile: str) -> float | None:
     (a profile that substitutes data, e.g. smoke's digits, gives no ImageNet accuracy)."""
     from repnext.profiles import get_profile
 
-    from .render import complete_record
     from .spec import SpecError, load_spec
 
     if get_profile(profile).substitute_data:
@@ -111,13 +109,12 @@ def our_top1(model: str, results: Path, profile: str) -> float | None:
 
 def latency_accuracy_frame(spec: TableSpec, runs: list[Run], results: Path, profile: str):
     """Figure 1's points: ``panel`` paper (iPhone 12 latency, paper top-1) or ours (this machine's fused batch-1
-    latency; our top-1 where the results store has it, else the paper's, said in ``accuracy``). Models with a
-    latency but no accuracy anywhere have ``top1`` NaN (listed under the figure, not plotted)."""
+    latency; our top-1 where the results store has it, else the paper's, said in ``accuracy``; ``job``: the runs
+    timed together with it). Models with a latency but no accuracy anywhere have ``top1`` NaN (listed under the
+    figure, not plotted)."""
     import pandas as pd
 
     from repnext.reference import paper_values
-
-    from .render import METRICS, complete_record
 
     rows = []
     for run in {run.config.model: run for run in runs}.values():
@@ -137,8 +134,9 @@ def latency_accuracy_frame(spec: TableSpec, runs: list[Run], results: Path, prof
             accuracy = f"our top-1 ({profile})" if ours is not None else PAPER_LABEL if top1 == top1 else "none"
             rows.append(base | {"panel": "ours", "latency_ms": METRICS["latency_ms"].value(record),
                                 "top1": top1 if ours is None else ours, "accuracy": accuracy,
-                                "device": f"{cpu['device']}, {cpu['threads']} thread(s)"})
-    columns = ["panel", "model", "short", "family", "latency_ms", "top1", "accuracy", "device"]
+                                "device": f"{cpu['device']}, {cpu['threads']} thread(s)",
+                                "job": " ".join(record.get("side_by_side", [run.run_id]))})
+    columns = ["panel", "model", "short", "family", "latency_ms", "top1", "accuracy", "device", "job"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -162,7 +160,9 @@ def latency_accuracy(spec: TableSpec, runs: list[Run], results: Path, profile: s
         elif ours_all.empty:
             title = "ours: no complete runs yet"
         else:
-            title = f"ours: {ours_all['device'].iloc[0]}\nbatch 1, fused form"
+            jobs = ours_all["job"].nunique()  # models timed apart compare the machine's load as much
+            together = "in one job, interleaved" if jobs == 1 else f"in {jobs} separate jobs"
+            title = f"ours: {ours_all['device'].iloc[0]}\nbatch 1, fused form, timed {together}"
         if part.empty:
             ax.text(0.5, 0.5, "no points yet", ha="center", va="center", transform=ax.transAxes)
         else:
@@ -192,7 +192,7 @@ def latency_accuracy(spec: TableSpec, runs: list[Run], results: Path, profile: s
     notes = [f"top-1: the paper's {PAPER_ACCURACY[1]} ({tables} tables of reference.csv) unless marked "
              "as ours; the two panels' latencies come from different hardware"]
     if not unplaced.empty:
-        listed = ", ".join(f"{r.model} {r.latency_ms:.1f} ms" for r in unplaced.itertuples())
+        listed = ", ".join(f"{r.model} {round_half_up(r.latency_ms, 1)} ms" for r in unplaced.itertuples())
         notes.append(f"ticks on the latency axis: measured, no ImageNet top-1 in reference.csv or the store: {listed}")
     fig.suptitle(f"Figure 1: latency vs ImageNet-1K top-1 (profile {profile})")
     fig.supxlabel("\n".join(textwrap.fill(note, 160) for note in notes), fontsize=8)
@@ -209,8 +209,6 @@ def gradcam(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_d
 
     from repnext.cam import CAMS_FILE, cam_grid
 
-    from .render import complete_record
-
     rgb, names, columns, maps, cells = None, None, [], [], []
     for run in runs:
         record = complete_record(run, results)
@@ -222,7 +220,8 @@ def gradcam(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_d
             elif [str(n) for n in data["names"]] != names:
                 raise ValueError(f"{run.run_id}: its CAM images differ from the other runs' ({CAMS_FILE})")
             acc = (record.get("accuracy") or {}).get("acc1")
-            desc = f"{record['images']['img_size']} px" + (f", top-1 {acc:.0f}%" if acc is not None else "")
+            desc = f"{record['images']['img_size']} px" + (f", top-1 {round_half_up(acc, 0)}%" if acc is not None
+                                                            else "")
             for j, method in enumerate(str(m) for m in data["methods"]):
                 columns.append(f"{spec.label(run)}\n{method}, {desc}")
                 maps.append(data["cams"][:, j])

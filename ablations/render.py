@@ -7,92 +7,30 @@ results gives identical files.
 from __future__ import annotations
 
 import re
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from repnext.errors import StoreError
 from repnext.files import atomic_write_text
 from repnext.profiles import get_profile
-from repnext.reference import PaperValue, paper_values
-from repnext.results import read_json
+from repnext.reference import PaperValue, paper_values, round_half_up
 
+from .figures import FIGURES
+from .records import METRICS, complete_record, imported_record, official_runs
 from .spec import Column, Run, TableSpec, load_spec
 
 MISSING = "—"
 
 
-@dataclass(frozen=True)
-class Metric:
-    header: str
-    value: Callable[[dict], float]
-    decimals: int = 2  # where the paper printed no value to take the precision from
-    comparable: bool = True  # False: a delta to the paper's value means nothing (measured on other hardware)
-    trained: bool = False  # a result of training: comparable only when the run trained on the paper's dataset
-    fmt: str | None = None  # format where the paper has no value (default: ``decimals`` fixed-point)
-
-
-METRICS = {
-    "top1": Metric("Top-1 (%)", lambda r: r["best"]["acc1"], trained=True),
-    "top5": Metric("Top-5 (%)", lambda r: r["best"]["acc5"], trained=True),
-    "params_m": Metric("Params (M)", lambda r: r["paper_setting"]["fused_params"] / 1e6),
-    "gmacs": Metric("GMACs", lambda r: r["paper_setting"]["macs"] / 1e9),
-    "train_params_m": Metric("Training-form params (M)", lambda r: r["paper_setting"]["train_params"] / 1e6),
-    "train_img_s": Metric("Training images/s", lambda r: r["train_images_per_second"], 1, comparable=False),
-    # the equivalence table (repnext.equivalence): errors against the training form, the single-branch form
-    "err_official": Metric("Official fuse error", lambda r: r["forms"]["official"]["max_abs_error"], fmt="{:.1e}"),
-    "err_full": Metric("Full fuse error", lambda r: r["forms"]["full"]["max_abs_error"], fmt="{:.1e}"),
-    "err_single_branch": Metric("Single-branch error", lambda r: r["forms"]["single_branch"]["max_abs_error"],
-                                fmt="{:.1e}"),
-    "err_single_branch_plain": Metric("Naive single-branch error",
-                                      lambda r: r["forms"]["single_branch_plain"]["max_abs_error"], fmt="{:.1e}"),
-    "params_official_m": Metric("Params (M)", lambda r: r["forms"]["official"]["params"] / 1e6),
-    "gmacs_official": Metric("GMACs", lambda r: r["forms"]["official"]["macs"] / 1e9),
-    "params_single_branch_m": Metric("Single-branch params (M)", lambda r: r["forms"]["single_branch"]["params"] / 1e6),
-    "gmacs_single_branch": Metric("Single-branch GMACs", lambda r: r["forms"]["single_branch"]["macs"] / 1e9),
-    "params_e_m": Metric("E model params (M)", lambda r: r["e_model"]["fused_params"] / 1e6),
-    "gmacs_e": Metric("E model GMACs", lambda r: r["e_model"]["macs"] / 1e9),
-    "throughput_img_s": Metric("Throughput (img/s)", lambda r: r["throughput"]["images_per_second"], 0,
-                               comparable=False),
-    # the latency table (repnext.latency): this machine's timings beside the paper's iPhone 12 ones, so no delta
-    "latency_ms": Metric("Latency (ms)", lambda r: r["cpu"]["forms"][r["cpu"]["fused_form"]]["latency_ms"],
-                         comparable=False),
-    "latency_train_ms": Metric("Training-form latency (ms)", lambda r: r["cpu"]["forms"]["train"]["latency_ms"],
-                               comparable=False),
-    "latency_single_branch_ms": Metric("Single-branch latency (ms)",
-                                       lambda r: r["cpu"]["forms"].get("single_branch", {}).get("latency_ms"),
-                                       comparable=False),
-    "gpu_throughput_img_s": Metric("GPU throughput (img/s)", lambda r: (r["gpu"] or {}).get("images_per_second"),
-                                   0, comparable=False),
-    "backbone_latency_ms": Metric("Backbone latency (ms)", lambda r: (r["backbone"] or {}).get("latency_ms"),
-                                  comparable=False),
-    # --- the gradcam table (repnext.cam.run_cell, the paper's Figure 3): accuracy, CAM mass on the digit ---
-    "cam_top1": Metric("Top-1 on the CAM images (%)", lambda r: (r.get("accuracy") or {}).get("acc1"), 1),
-    **{f"{key}_{part}": Metric(f"{title}: {label}", lambda r, m=method, w=which, f=field:
-                               (((r.get("cam") or {}).get(m) or {}).get(w) or {}).get(f), 3, comparable=False)
-       for key, method, title in (("gradcam", "gradcam", "Grad-CAM"), ("gradcampp", "gradcam++", "Grad-CAM++"))
-       for part, which, field, label in (("on_digit", "trained", "mass_on_digit", "mass on digit"),
-                                         ("on_background", "trained", "mass_on_background", "mass on background"),
-                                         ("random_on_digit", "random", "mass_on_digit", "random init, on digit"))},
-}
-
-
-_UNREADABLE: set[str] = set()  # records already reported unreadable (a table reads each record several times)
-
-
-def complete_record(run: Run, results: Path) -> dict | None:
-    """The run's record if it is complete; an unreadable record.json is named (once) and counts as missing."""
-    try:
-        record = read_json(run.folder(results) / "record.json")
-    except StoreError as e:
-        if str(e) not in _UNREADABLE:
-            _UNREADABLE.add(str(e))
-            print(f"warning: {e}; run {run.run_id} counts as not complete", file=sys.stderr)
-        return None
-    return record if record is not None and record.get("status") == "complete" else None
+def _official_value(spec: TableSpec, column: Column, group: list[Run], results: Path) -> str:
+    """An ``official`` column: the imported official log of the row's paper-scale cell, whatever the profile."""
+    cells = [run.paper for run in group if all(run.paper.get(k) == v for k, v in column.where.items())]
+    metric = METRICS[column.metric]
+    for run in spec.expand("full"):
+        record = imported_record(run, results) if run.paper in cells else None
+        if record is not None:
+            return round_half_up(metric.value(record), metric.decimals)
+    return MISSING
 
 
 def _paper(spec: TableSpec, column: Column, run: Run) -> PaperValue | None:
@@ -127,7 +65,7 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
     """One row per row key (``spec.rows``, default the model); columns (header, paper|ours|Δ), all formatted
     at the paper's precision, and the row's runs."""
     groups: dict[tuple, list[Run]] = {}
-    for run in runs:
+    for run in [*runs, *official_runs(spec, results)]:
         groups.setdefault(tuple(run.paper[f] for f in spec.rows), []).append(run)
     rows, index = [], []
     for group in groups.values():
@@ -135,6 +73,9 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
         for column in spec.columns:
             metric = METRICS[column.metric]
             header = column.header or metric.header
+            if column.official:
+                row[(header, "")] = _official_value(spec, column, group, results)
+                continue
             run, record = _cell(spec, column, group, results)
             paper = _paper(spec, column, run) if run is not None else None
             ours = metric.value(record) if record is not None else None
@@ -146,9 +87,9 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
                 # smoke accuracies are the digits', not ImageNet's: beside the paper's, but no delta
                 other_data = metric.trained and record.get("data") not in (None, run.paper.get("data"))
                 row[(header, "Δ")] = (MISSING if other_data or not metric.comparable
-                                      else f"{paper.delta(ours):+.{paper.decimals}f}")
+                                      else paper.format_delta(ours))
             else:
-                row[(header, "ours")] = metric.fmt.format(ours) if metric.fmt else f"{ours:.{metric.decimals}f}"
+                row[(header, "ours")] = metric.fmt.format(ours) if metric.fmt else round_half_up(ours, metric.decimals)
                 row[(header, "Δ")] = MISSING
         unique = {run.run_id: run for run in group}.values()
         row[("Runs", "")] = "; ".join(_source(run, complete_record(run, results)) for run in unique)
@@ -237,8 +178,6 @@ def tex_escape(text: str) -> str:
 
 def render_table(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_dir: Path) -> list[Path]:
     """The table as .md and .tex, then the spec's figures (``ablations.figures``)."""
-    from .figures import FIGURES
-
     frame = table_frame(spec, runs, results)
     notes = provenance(spec, runs, results, profile)
     paths = [atomic_write_text(out_dir / f"{spec.name}.md", to_markdown(spec, frame, notes)),

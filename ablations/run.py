@@ -23,6 +23,8 @@ from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_pr
 from ablations.render import index_entry, render_index, render_table
 from ablations.runner import RunnerInterrupted, execute, failure_report, pending_runs
 from ablations.spec import SpecError, available_tables, load_spec
+from repnext.dense.protocol import TASKS as DENSE_TASKS
+from repnext.dense.protocol import get_protocol
 from repnext.profiles import PROFILES, get_profile
 from repnext.results import DEFAULT_RESULTS
 
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         pending = pending_runs(runs, results)
         # cells the profile maps to the same run (smoke trains every dataset on the digits) run once
         todo = list({run.run_id: run for run in pending if run.run_id in selected}.values())
+        if spec.exclusive and todo:  # models timed against each other are timed again together, never piecemeal
+            todo = list({run.run_id: run for run in runs if run.run_id in selected}.values())
         print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(pending)} complete, {len(todo)} to run "
               f"({args.cluster}, profile {args.profile}) -> {results / spec.name}")
         if args.dry_run:
@@ -157,8 +161,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per_node: int) -> None:
     for run in runs:
-        s = run.config.resolve()
         state = "todo" if run in todo else "skipped" if run in pending else "complete"
+        if spec.parameters.get("task") in DENSE_TASKS:  # detection/segmentation: the official dense protocol
+            print(f"  {state:<9}{run.run_id:<34}{spec.label(run):<32} "
+                  f"{get_protocol(spec.parameters['task'], run.config).summary()}")
+            continue
+        s = run.config.resolve()
         print(f"  {state:<9}{run.run_id:<34}{spec.label(run):<32} recipe={s.recipe.name} data={s.data} "
               f"epochs={s.recipe.epochs} batch={s.batch_size} lr={s.lr:.3g} img={s.img_size} "
               f"distill={run.config.distillation}")

@@ -22,7 +22,7 @@ import submitit
 from tqdm import tqdm
 
 from repnext.errors import StoreError
-from repnext.results import RunPaths, read_json
+from repnext.store import RunPaths, read_json
 
 from .clusters import SlurmProfile, make_executor
 from .job import NotebookJob, NotebookTask
@@ -64,6 +64,16 @@ def notebook_task(spec: TableSpec, run: Run, results: Path) -> NotebookTask:
     paths = RunPaths(folder)
     return NotebookTask(run.run_id, str(spec.notebook_path), str(folder), parameters, executed=str(paths.notebook),
                         record=str(paths.record), checkpoint=str(paths.checkpoint), stop=str(paths.stop))
+
+
+def job_tasks(spec: TableSpec, runs: list[Run], results: Path) -> list[tuple[list[Run], NotebookTask]]:
+    """The jobs to submit and the runs each one completes: a job per run, or for an exclusive spec a single
+    job for all its runs (the models it compares are timed side by side, not each beside another job)."""
+    if not spec.exclusive:
+        return [([run], notebook_task(spec, run, results)) for run in runs]
+    task = notebook_task(spec, runs[0], results)
+    together = [{"config": dataclasses.asdict(run.config), "output": str(run.folder(results))} for run in runs]
+    return [(runs, dataclasses.replace(task, parameters={**task.parameters, "side_by_side": together}))]
 
 
 def submission_folder(results: Path, table: str) -> Path:
@@ -166,13 +176,14 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
     folder = submission_folder(results, spec.name)
     executor = make_executor(cluster, folder, slurm, max_parallel, tasks_per_node, name=f"repnext-{spec.name}")
     function = NotebookJob()
-    tasks = {run.run_id: notebook_task(spec, run, results) for run in runs}
-    queue = list(runs)
+    queue = job_tasks(spec, runs, results)
     jobs: dict[str, tuple[Run, submitit.Job]] = {}
+    started: list[tuple[NotebookTask, submitit.Job]] = []  # what to stop on SIGINT/SIGTERM
     if cluster == "slurm":
         with executor.batch():
-            submitted = [(run, _submit(executor, function, tasks[run.run_id])) for run in queue]
-        jobs = {run.run_id: (run, job) for run, job in submitted}
+            submitted = [(group, task, _submit(executor, function, task)) for group, task in queue]
+        jobs = {run.run_id: (run, job) for group, _, job in submitted for run in group}
+        started = [(task, job) for _, task, job in submitted]
         queue = []
     outcomes: dict[str, Outcome] = {}
     total_epochs = sum(run.config.resolve().recipe.epochs for run in runs)
@@ -181,13 +192,14 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
     while len(outcomes) < len(runs):
         if _received:
             bar.close()
-            interrupted = stop_jobs([(tasks[i], job) for i, (_, job) in jobs.items() if i not in outcomes],
-                                    _received[0])
+            interrupted = stop_jobs([(task, job) for task, job in started if not job.done()], _received[0])
             prune_submission(folder, [])  # nothing failed: the run folders hold the checkpoints and notebooks
             raise interrupted
         while queue and len(jobs) - len(outcomes) < max_parallel:
-            run = queue.pop(0)
-            jobs[run.run_id] = (run, _submit(executor, function, tasks[run.run_id]))
+            group, task = queue.pop(0)
+            job = _submit(executor, function, task)
+            jobs.update({run.run_id: (run, job) for run in group})
+            started.append((task, job))
         running = 0
         for run_id, (run, job) in jobs.items():
             if run_id in outcomes:

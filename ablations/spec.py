@@ -45,7 +45,7 @@ class Run:
 
 @dataclass(frozen=True)
 class Column:
-    """A reported quantity: ``metric`` (an ``ablations.render.METRICS`` name) of the row's run whose paper
+    """A reported quantity: ``metric`` (an ``ablations.records.METRICS`` name) of the row's run whose paper
     fields match ``where`` (e.g. ``{distillation = true}``), beside reference.csv's ``reference`` value."""
     metric: str
     reference: str       # "" when the paper does not report it
@@ -54,6 +54,7 @@ class Column:
     reference_table: str | list[str] | None = None  # None: the spec's; a list: the first holding the row
     reference_model: str | None = None  # a template on the row's model, e.g. "{model}e"; None: the model
     from_table: str | None = None  # the value comes from that table's run of ``reference_model`` (same profile)
+    official: bool = False  # the value is the imported official log's, of the paper-scale cell, in every profile
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ class TableSpec:
     parameters: dict = field(default_factory=dict)
     figures: tuple[str, ...] = ()  # names in ablations.figures.FIGURES, drawn after the table
     notes: tuple[str, ...] = ()  # printed under the table: how its numbers are measured
+    official_models: tuple[str, ...] = ()  # rows only from imported official logs (paper-scale cells, never run)
+    # its runs time models against each other: the runner measures them all in one job (the notebook gets
+    # them as ``side_by_side``), again all together if any is missing, and runs no other job beside it
+    exclusive: bool = False
 
     @property
     def notebook_path(self) -> Path:
@@ -126,7 +131,7 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
         columns += [Column(**{"reference": c["metric"], **c}) for c in data.get("columns", [])]
     except TypeError as e:
         raise SpecError(f"{path}: bad [[columns]] entry ({e}); keys: metric, reference, where, header, "
-                        "reference_table, reference_model, from_table") from None
+                        "reference_table, reference_model, from_table, official") from None
     for key, values in grid.items():
         if isinstance(values, dict) and set(values) != set(PROFILES):
             raise SpecError(f"{path}: grid field {key!r} lists values for {sorted(values)}; a per-profile field "
@@ -137,7 +142,8 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
     spec = TableSpec(name=name, title=data["title"], notebook=data["notebook"], reference=data["reference"],
                      columns=tuple(columns), grid=grid, rows=rows, labels=data.get("labels", {}),
                      parameters=data.get("parameters", {}), figures=tuple(data.get("figures", ())),
-                     notes=tuple(data.get("notes", ())))
+                     notes=tuple(data.get("notes", ())), official_models=tuple(data.get("official_models", ())),
+                     exclusive=bool(data.get("exclusive", False)))
     if not spec.notebook_path.is_file():
         raise SpecError(f"{path}: notebook {spec.notebook_path} does not exist")
     return spec

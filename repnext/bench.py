@@ -14,7 +14,7 @@ runs every (model, form, task) once, in turn, so a drift in machine speed hits a
 are reported with ratios, and the figures go to the results store (``<results>/bench/<stamp>/record.json``).
 Every case runs in NCHW and in channels_last (``--memory-format``); on CUDA ``--amp bfloat16`` applies, time
 is synchronised, and ``--paper-throughput`` adds the papers' GPU throughput of every model (fp32, the largest
-power-of-two batch that fits: ``repnext.latency.gpu_throughput``).
+power-of-two batch that fits: ``gpu_throughput``).
 """
 from __future__ import annotations
 
@@ -41,8 +41,9 @@ from tqdm import tqdm
 import repnext
 
 from .cli import BENCH_MODELS, BENCH_REFS, BENCH_TASKS, bench_argument_error, bench_parser
+from .messages import first_line
 from .preflight import PreflightError, check_device
-from .results import write_json
+from .store import write_json
 from .train import Dist, cpu_name, environment
 
 REPNEXT_FORMS = ("train", "branchwise", "official", "full", "full_noinplace", "single_branch")
@@ -96,6 +97,12 @@ def forms_of(name: str) -> tuple[str, ...]:
     model = timm.create_model(name)
     has_reparam = any(hasattr(m, n) for m in model.modules() for n in ("fuse", "reparameterize"))
     return REFERENCE_FORMS if has_reparam else ("train",)
+
+
+def fused_form(name: str) -> str:
+    """The deployed form: RepNeXt's ``full``; timm models: ``fused`` (``reparameterize_model``), or ``train``
+    with nothing to fuse."""
+    return "full" if name.startswith("repnext") else forms_of(name)[-1]
 
 
 def make_step(model: nn.Module, task: str, x: torch.Tensor, amp: str) -> Callable[[], None]:
@@ -162,7 +169,7 @@ def throughput(name: str, batch: int = 16, img_size: int = 224, rounds: int = 3,
                channels_last: bool = True, device: str = "cpu") -> dict:
     """Images/s of one model's inference form (RepNeXt: ``full``; others: timm's fused form) at ``batch``:
     the throughput column of a table, measured on whatever runs the job and labelled with it."""
-    form = form or ("full" if name.startswith("repnext") else forms_of(name)[-1])
+    form = form or fused_form(name)
     dev = torch.device(device)
     case = run([name], ["throughput"], [form], batch, img_size, rounds, dev, "none", [channels_last], iters=1,
                progress=False)[0]
@@ -170,6 +177,64 @@ def throughput(name: str, batch: int = 16, img_size: int = 224, rounds: int = 3,
     return {"images_per_second": case.value, "form": label, "batch": batch, "img_size": img_size,
             "channels_last": channels_last, "rounds": rounds, "threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{cpu_name()} (CPU)"}
+
+
+def largest_batch(fits: Callable[[int], bool], cap: int, start: int = 1) -> int | None:
+    """The largest power of two in [start, cap] for which ``fits`` holds, doubling up from ``start``
+    (``fits`` is assumed monotone: a batch that does not fit means no larger one does); None: not even start."""
+    if not fits(start):
+        return None
+    batch = start
+    while batch * 2 <= cap and fits(batch * 2):
+        batch *= 2
+    return batch
+
+
+def gpu_throughput(name: str, img_size: int = 224, warmup_s: float = 5.0, time_s: float = 10.0,
+                   max_batch: int = 16384, device: str = "cuda") -> dict:
+    """The papers' GPU throughput of the fused model (RepNeXt's ``speed_gpu.py``; RepViT: "the maximum
+    power-of-two batch size that fits in memory"): float32, NCHW, no autocast, the largest power-of-two batch
+    that fits, ``warmup_s`` of warm-up, then calls timed with a synchronisation after each until ``time_s``
+    seconds are summed; images/s = batch / mean time."""
+    dev = torch.device(device)
+    form = "official" if name.startswith("repnext") else fused_form(name)  # speed_gpu.py: replace_batchnorm
+    model = build_form(name, form, dev, channels_last=False).eval()
+    refused: list[str] = []  # why the first batch too large did not run
+
+    def fits(batch: int) -> bool:
+        try:
+            with torch.inference_mode():
+                model(torch.zeros(batch, 3, img_size, img_size, device=dev))
+            torch.cuda.synchronize(dev)
+            return True
+        except RuntimeError as e:  # OutOfMemoryError, or a kernel refusing a tensor of 2**31 or more elements
+            refused.append(f"batch {batch}: {first_line(e)}")
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    batch = largest_batch(fits, max_batch)
+    if batch is None:
+        raise RuntimeError(f"{name}: not even batch 1 runs on {torch.cuda.get_device_name(dev)} ({refused[0]})")
+    x = torch.randn(batch, 3, img_size, img_size, device=dev)
+    timing: list[float] = []
+    with torch.inference_mode():
+        torch.cuda.synchronize(dev)
+        start = time.perf_counter()
+        while time.perf_counter() - start < warmup_s:
+            model(x)
+        torch.cuda.synchronize(dev)
+        while sum(timing) < time_s:
+            start = time.perf_counter()
+            model(x)
+            torch.cuda.synchronize(dev)
+            timing.append(time.perf_counter() - start)
+    return {"images_per_second": batch / statistics.fmean(timing), "batch": batch, "max_batch": max_batch,
+            "larger_batch": refused[0] if refused else f"not tried (max_batch {max_batch})",
+            "form": form, "img_size": img_size, "dtype": "float32", "channels_last": False, "autocast": None,
+            "warmup_s": warmup_s, "time_s": time_s, "iterations": len(timing),
+            "device": torch.cuda.get_device_name(dev), "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(), "threads": torch.get_num_threads()}
 
 
 def speedup(case: Case, ref: Case) -> float:
@@ -252,8 +317,6 @@ def main(argv: list[str] | None = None) -> int:
     print(render(cases), end="")
     paper = {}
     if args.paper_throughput:
-        from .latency import gpu_throughput  # latency builds on this module
-
         print(f"\nGPU throughput the papers' way ({args.img_size} px, fp32, largest power-of-two batch)")
         for name in models:
             paper[name] = gpu_throughput(name, args.img_size, device=args.device)

@@ -14,7 +14,7 @@ from .config import DATASETS, MIN_IMG_SIZE, RunConfig
 from .errors import RepnextError
 from .profiles import PROFILES
 from .recipes import RECIPES
-from .results import DEFAULT_RESULTS
+from .store import DEFAULT_RESULTS
 
 EXPORT_FORMATS = ("coreml", "onnx")
 BENCH_TASKS = ("latency", "throughput", "train")

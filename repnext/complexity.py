@@ -2,8 +2,12 @@
 convolutions and linear layers at 1x3x224x224 (``torch.utils.flop_counter`` FLOPs / 2)."""
 from __future__ import annotations
 
+import functools
+import hashlib
 import inspect
+import json
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import timm
 import torch
@@ -16,6 +20,8 @@ TABLE_NUM_CLASSES = {"compact_cifar100": 100}
 # BatchNorms kept: M1E 5,255,080 -> 5.3M, fully folded 5,245,520 would print 5.2M); the compact-model
 # tables count the fully folded form (M0 2.328M, not 2.333M).
 TABLE_FUSE_MODE = {"compact_cifar100": "full", "compact_imagenet": "full"}
+# the exact counts behind paper_tables/models.md, written with it by `python -m repnext.models --counts`
+MEASURED_COUNTS = Path(__file__).resolve().parents[1] / "paper_tables" / "models.json"
 
 
 def count_params(model: nn.Module) -> int:
@@ -64,3 +70,31 @@ def measure(name: str, num_classes: int = 1000, img_size: int = 224, fuse_mode: 
         train_params=count_params(model),
         fused_params=count_params(fused), macs=count_macs(fused, (1, 3, img_size, img_size)),
     )
+
+
+def counting_fingerprint() -> str:
+    """What the counts depend on: the sources of the models, their fusion and this counting; timm's and torch's
+    versions (timm's baselines, torch's FLOP counter)."""
+    here = Path(__file__).resolve().parent
+    digest = hashlib.sha256(f"timm {timm.__version__} torch {torch.__version__}".encode())
+    for path in sorted([*(here / "models").glob("*.py"), here / "reparam.py", here / "complexity.py"]):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def measured_counts(path: Path = MEASURED_COUNTS) -> dict[tuple, Complexity]:
+    """The counts of ``path`` by (model, num_classes, img_size, fuse_mode); none when the file is missing or was
+    measured by other code or versions than these (its fingerprint differs)."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    if data.get("fingerprint") != counting_fingerprint():
+        return {}
+    counts = [Complexity(**c) for c in data["counts"]]
+    return {(c.model, c.num_classes, c.img_size, c.fuse_mode): c for c in counts}
+
+
+def complexity(name: str, num_classes: int = 1000, img_size: int = 224, fuse_mode: str = "full") -> Complexity:
+    """``measure``'s numbers, taken from the measured ``paper_tables/models.json`` where it holds them (a run
+    need not count again what ``make models`` counted), else counted now."""
+    found = measured_counts().get((name, num_classes, img_size, fuse_mode))
+    return found if found is not None else measure(name, num_classes, img_size, fuse_mode)

@@ -193,16 +193,17 @@ def seed_everything(seed: int) -> None:
 class Transformed(Dataset):
     """Applies a random transform with RNGs seeded by (run seed, epoch, sample position): augmentation is a
     function of where a sample sits in the epoch, not of worker or process state, so a resumed run (or
-    one with another worker count) sees exactly the same images."""
+    one with another worker count) sees exactly the same images. The epoch comes with each index from the
+    sampler (``(epoch, position, index)``), not from this object: persistent workers hold their own copy."""
 
     def __init__(self, dataset: Dataset, transform: Callable, seed: int):
-        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, seed, 0
+        self.dataset, self.transform, self.seed = dataset, transform, seed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, item: tuple[int, int] | int):
-        position, index = item if isinstance(item, tuple) else (item, item)
+    def __getitem__(self, item: tuple[int, int, int] | int):
+        epoch, position, index = item if isinstance(item, tuple) else (0, item, item)
         img, label = self.dataset[index]
-        seed_host_rngs(sample_seed(self.seed, self.epoch, position))  # transforms run on the CPU
+        seed_host_rngs(sample_seed(self.seed, epoch, position))  # transforms run on the CPU
         return self.transform(img), label

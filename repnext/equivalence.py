@@ -14,7 +14,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torch import nn
 
-from .complexity import count_macs, count_params, inference_form, measure
+from .complexity import complexity, count_macs, count_params, inference_form
 from .config import RunConfig
 from .results import RunPaths, write_json
 from .train import Dist, environment
@@ -70,7 +70,7 @@ def run_cell(config: dict, output: str | Path, img_size: int = 224) -> dict:
     record = {"status": "complete", "run_id": config.run_id, "model": config.model, "profile": config.profile,
               "source": "measured", **measure_equivalence(config.model, img_size)}
     if timm.is_model(f"{config.model}e"):  # the E model trained as such, counted as the paper counts it
-        record["e_model"] = measure(f"{config.model}e", 1000, img_size, "official").as_dict()
+        record["e_model"] = complexity(f"{config.model}e", 1000, img_size, "official").as_dict()
     record["environment"] = environment(torch.device("cpu"), Dist())
     write_json(RunPaths(Path(output)).record, record)
     return record

@@ -7,15 +7,14 @@ run's record, so a record is complete exactly when everything its table needs is
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .bench import throughput
-from .complexity import measure
+from .complexity import complexity
 from .config import RunConfig
 from .profiles import get_profile
 from .results import RunPaths
-from .train import StopRequests, train
+from .train import StopRequests, launch_env, pick_device, train
 
 PAPER_NUM_CLASSES = {"imagenet": 1000, "cifar100": 100}
 
@@ -26,7 +25,8 @@ def run_cell(config: dict | RunConfig, output: str | Path, num_classes: int | No
     """Train the run ``config`` into ``output`` (resuming it if interrupted) and return its record.
 
     ``num_classes``/``img_size``/``fuse_mode``: the paper's counting setting for this table
-    (``repnext.complexity.TABLE_FUSE_MODE``); ``num_classes=None`` takes it from the paper's dataset of the
+    (``repnext.complexity.TABLE_FUSE_MODE``; the counts of ``make models`` where it has them, else counted
+    here: ``repnext.complexity.complexity``); ``num_classes=None`` takes it from the paper's dataset of the
     cell (``paper["data"]``, whatever the profile trains on). ``throughput_batch=None`` skips the throughput.
     """
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
@@ -36,17 +36,19 @@ def run_cell(config: dict | RunConfig, output: str | Path, num_classes: int | No
         if get_profile(config.profile).substitute_data:
             # this run stands for the cells of every paper dataset (all trained on the profile's data):
             # record the paper's counting setting of each, the table picks its cell's
-            extra["paper_settings"] = {d: measure(config.model, n, img_size, fuse_mode).as_dict()
+            extra["paper_settings"] = {d: complexity(config.model, n, img_size, fuse_mode).as_dict()
                                        for d, n in PAPER_NUM_CLASSES.items()}
             extra["paper_setting"] = extra["paper_settings"][data]
         else:
             num_classes = PAPER_NUM_CLASSES[data]
     if "paper_setting" not in extra:
-        extra["paper_setting"] = measure(config.model, num_classes, img_size, fuse_mode).as_dict()
-    if throughput_batch and int(os.environ.get("RANK", "0")) == 0:  # DDP: the rank writing the record times
-        extra["throughput"] = throughput(config.model, batch=throughput_batch, img_size=img_size)
+        extra["paper_setting"] = complexity(config.model, num_classes, img_size, fuse_mode).as_dict()
+    rank = launch_env()
+    if throughput_batch and rank.main:  # DDP: the rank writing the record times, on the job's device
+        device = str(pick_device(config.device, rank))
+        extra["throughput"] = throughput(config.model, batch=throughput_batch, img_size=img_size, device=device)
     paths = RunPaths(Path(output))
-    with StopRequests(paths.stop) as should_stop:
+    with StopRequests(paths.stop if rank.main else None) as should_stop:  # rank 0 watches the file for all
         return train(config, output, progress=progress, should_stop=should_stop, extra=extra)
 
 

@@ -36,6 +36,7 @@ from tqdm import tqdm
 from .checkpoint import adapt_state_dict, read_checkpoint
 from .cli import EXPORT_FORMATS, export_argument_error, export_parser
 from .complexity import inference_form
+from .messages import first_line
 from .models import RepNeXt
 from .results import write_json
 
@@ -325,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                                                       opset=args.opset))
                 record = {"status": "complete", **record}
             except Exception as e:
-                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                message = first_line(e)
                 tqdm.write(f"error: {name} ({fmt}): {message}", file=sys.stderr)
                 record = {"status": "failed", "model": name, "format": fmt, "error": message}
             records.append(record)

@@ -5,7 +5,9 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from .errors import StoreError
 
@@ -23,7 +25,16 @@ def write_failure(path: Path, error: BaseException) -> StoreError:
     return StoreError(f"cannot write {path}: {reason}; the previous version, if any, is intact")
 
 
-def atomic_write_text(path: str | Path, text: str) -> Path:
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it: set and restore
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
+    """``write(f)`` into a temporary file beside ``path``, flushed to disk, then renamed over ``path``; the
+    file gets the mode of any file this process creates (0o666 less the umask), not mkstemp's 0600, which
+    would hide results from the group on a shared file system."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,15 +42,33 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     except OSError as e:
         raise write_failure(path, e) from None
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide results from the group on a shared file system
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
+        if isinstance(e, (OSError, RuntimeError)):  # torch.save on a full disk: "[enforce fail ...] unexpected pos"
             raise write_failure(path, e) from None
         raise
+    _fsync_dir(path.parent)  # the rename itself survives a crash
     return path
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform or file system without directory handles: the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write(path, lambda f: f.write(text.encode()))

@@ -1,35 +1,36 @@
-"""One cell of the latency table: how fast one model's forms run on the machine running the job (no training).
+"""The latency table's measurements: how fast models' forms run on the machine running the job (no training).
 
-``measure_cell`` times, for one model, and writes everything into the run's ``record.json`` (atomically):
+``measure_side_by_side`` times the models of a table or figure together in one process and writes each one's
+``record.json`` (atomically); ``measure_cell`` is one model alone:
 
-* CPU, 224 px: batch-1 latency (ms) and batch-16 throughput (img/s) of every form the model has (RepNeXt:
-  ``train``, ``full`` = the fused model, ``single_branch``; timm models: ``train`` and ``fused``), interleaved
-  in rounds by ``repnext.bench`` so a drift in machine speed hits every form alike; medians reported;
-* GPU, when CUDA is there: the papers' throughput (RepNeXt's ``speed_gpu.py``; RepViT: "the maximum
-  power-of-two batch size that fits in memory"): the fused model in float32, NCHW, no autocast, the largest
-  power-of-two batch that fits, ``T0`` seconds of warm-up, then calls timed with a synchronisation after
-  each until ``T1`` seconds are summed; images/s = batch / mean time. Without CUDA: ``gpu_missing`` says so;
+* CPU, 224 px: batch-1 latency (ms) and batch-16 throughput (img/s) of every form each model has (RepNeXt:
+  ``train``, ``full`` = the fused model, ``single_branch``; timm models: ``train`` and ``fused``), every form
+  of every model interleaved in rounds by ``repnext.bench``, so a drift in machine speed hits all alike;
+  medians reported, with every round's timing and, per model, its fused form's paired speedups over the other
+  models' (``paired_speedups``: the median of same-round ratios, in which the drift cancels);
+* GPU, when CUDA is there: the papers' throughput (``repnext.bench.gpu_throughput``), one model at a time.
+  Without CUDA: ``gpu_missing`` says so;
 * the 512x512 ``features_only`` backbone latency (batch 1, fused) of the models the papers use as detection /
-  segmentation backbones (``backbone_models``);
+  segmentation backbones (``backbone_models``), interleaved the same way;
 * optionally the Core ML export facts of the fused model (op count, package size; prediction and so latency
   need macOS, so on Linux ``latency_ms`` is None with the reason).
 
 Every measurement carries its device, batch, resolution, dtype, memory format and threads; the record carries
-the environment (host, CPU/GPU, torch/timm versions, load average). Any parameter may be a ``{profile: value}``
-dict (the table spec gives smoke few rounds and full many).
+the environment (host, CPU/GPU, torch/timm versions, load average) and the run ids timed with it
+(``side_by_side``). Any parameter may be a ``{profile: value}`` dict (the table spec gives smoke few rounds and
+full many).
 """
 from __future__ import annotations
 
 import os
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import timm
 import torch
 
-from .bench import build_form, forms_of, make_step, run, timed
+from .bench import forms_of, fused_form, gpu_throughput, make_step, run, timed
 from .config import RunConfig
 from .profiles import for_profile
 from .results import RunPaths, write_json
@@ -40,111 +41,85 @@ BACKBONE_MODELS = ("repnext_m3", "repnext_m4", "repnext_m5", "repvit_m1_1", "rep
 
 
 def cpu_forms(name: str) -> tuple[str, ...]:
-    """The forms timed on the CPU; the last one is the fused (deployed) form."""
+    """The forms timed on the CPU (RepNeXt's deployed one is ``full``; a timm model's is its last)."""
     return REPNEXT_FORMS if name.startswith("repnext") else forms_of(name)
-
-
-def fused_form(name: str) -> str:
-    """RepNeXt: ``full``; timm models: ``fused`` (``reparameterize_model``), or ``train`` with nothing to fuse."""
-    return "full" if name.startswith("repnext") else cpu_forms(name)[-1]
 
 
 def _summary(seconds: list[float], batch: int) -> dict:
     med = statistics.median(seconds)
-    return {"latency_ms": 1e3 * med, "latency_ms_min": 1e3 * min(seconds)} if batch == 1 else {
-        "throughput_img_s": batch / med, "throughput_img_s_max": batch / min(seconds)}
+    if batch == 1:
+        return {"latency_ms": 1e3 * med, "latency_ms_min": 1e3 * min(seconds), "latency_round_s": seconds}
+    return {"throughput_img_s": batch / med, "throughput_img_s_max": batch / min(seconds),
+            "throughput_round_s": seconds}
 
 
-def cpu_speed(name: str, rounds: int, latency_iters: int, batch: int = 16, img_size: int = 224,
-              channels_last: bool = True) -> dict:
-    """Batch-1 latency and batch-``batch`` throughput of every form on the CPU (float32)."""
-    dev, forms = torch.device("cpu"), list(cpu_forms(name))
+def paired_speedups(seconds: dict[str, list[float]]) -> dict[str, dict[str, float]]:
+    """For each model, how many times faster it ran than each other one: the median over rounds of the
+    same-round ratio of their timings. Timed in the same rounds, a drift in machine load cancels."""
+    return {name: {other: statistics.median(r / s for r, s in zip(ref, mine, strict=True))
+                   for other, ref in seconds.items() if other != name} for name, mine in seconds.items()}
+
+
+def cpu_speed(names: list[str], rounds: int, latency_iters: int, batch: int = 16, img_size: int = 224,
+              channels_last: bool = True) -> dict[str, dict]:
+    """Per model: batch-1 latency and batch-``batch`` throughput of every form on the CPU (float32), every form
+    of every model interleaved round by round, and the fused forms' paired speedups over the other models."""
+    dev = torch.device("cpu")
+    # a timm model's forms are found by building it: once per model, not per case
+    own, deployed = {name: cpu_forms(name) for name in names}, {name: fused_form(name) for name in names}
+    forms = list(dict.fromkeys(form for name in names for form in own[name]))
     load = os.getloadavg()
-    latency = run([name], ["latency"], forms, batch, img_size, rounds, dev, "none", [channels_last],
-                  latency_iters, progress=False)
-    speed = run([name], ["throughput"], forms, batch, img_size, rounds, dev, "none", [channels_last], 1,
+    cases = run(names, ["latency"], forms, batch, img_size, rounds, dev, "none", [channels_last], latency_iters,
                 progress=False)
-    out = {form: {} for form in forms}
-    for case in latency + speed:
-        out[case.form].update(_summary(case.seconds, case.batch))
-    return {"device": f"{cpu_name()} (CPU)", "img_size": img_size, "latency_batch": 1, "throughput_batch": batch,
+    cases += run(names, ["throughput"], forms, batch, img_size, rounds, dev, "none", [channels_last], 1,
+                 progress=False)
+    after = os.getloadavg()
+    fused = {task: paired_speedups({c.model: c.seconds for c in cases if c.task == task
+                                    and c.form == deployed[c.model]}) for task in ("latency", "throughput")}
+    out = {}
+    for name in names:
+        forms_out = {form: {} for form in own[name]}
+        for case in (c for c in cases if c.model == name):
+            forms_out[case.form].update(_summary(case.seconds, case.batch))
+        out[name] = {
+            "device": f"{cpu_name()} (CPU)", "img_size": img_size, "latency_batch": 1, "throughput_batch": batch,
             "dtype": "float32", "channels_last": channels_last, "threads": torch.get_num_threads(),
-            "rounds": rounds, "latency_iters": latency_iters, "fused_form": fused_form(name),
-            "load_avg_before": [round(x, 2) for x in load], "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-            "forms": out}
+            "rounds": rounds, "latency_iters": latency_iters, "fused_form": deployed[name],
+            "load_avg_before": [round(x, 2) for x in load], "load_avg_after": [round(x, 2) for x in after],
+            "forms": forms_out, "measured_with": [n for n in names if n != name],
+            "paired_speedup": {task: fused[task][name] for task in fused}}
+    return out
 
 
-def largest_batch(fits: Callable[[int], bool], cap: int, start: int = 1) -> int | None:
-    """The largest power of two in [start, cap] for which ``fits`` holds, doubling up from ``start``
-    (``fits`` is assumed monotone: a batch that does not fit means no larger one does); None: not even start."""
-    if not fits(start):
-        return None
-    batch = start
-    while batch * 2 <= cap and fits(batch * 2):
-        batch *= 2
-    return batch
-
-
-def gpu_throughput(name: str, img_size: int = 224, warmup_s: float = 5.0, time_s: float = 10.0,
-                   max_batch: int = 16384, device: str = "cuda") -> dict:
-    """The papers' GPU throughput of the fused model (see the module docstring)."""
-    dev = torch.device(device)
-    form = "official" if name.startswith("repnext") else fused_form(name)  # speed_gpu.py: replace_batchnorm
-    model = build_form(name, form, dev, channels_last=False).eval()
-    refused: list[str] = []  # why the first batch too large did not run
-
-    def fits(batch: int) -> bool:
-        try:
-            with torch.inference_mode():
-                model(torch.zeros(batch, 3, img_size, img_size, device=dev))
-            torch.cuda.synchronize(dev)
-            return True
-        except RuntimeError as e:  # OutOfMemoryError, or a kernel refusing a tensor of 2**31 or more elements
-            refused.append(f"batch {batch}: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}")
-            return False
-        finally:
-            torch.cuda.empty_cache()
-
-    batch = largest_batch(fits, max_batch)
-    if batch is None:
-        raise RuntimeError(f"{name}: not even batch 1 runs on {torch.cuda.get_device_name(dev)} ({refused[0]})")
-    x = torch.randn(batch, 3, img_size, img_size, device=dev)
-    timing: list[float] = []
-    with torch.inference_mode():
-        torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        while time.perf_counter() - start < warmup_s:
-            model(x)
-        torch.cuda.synchronize(dev)
-        while sum(timing) < time_s:
-            start = time.perf_counter()
-            model(x)
-            torch.cuda.synchronize(dev)
-            timing.append(time.perf_counter() - start)
-    return {"images_per_second": batch / statistics.fmean(timing), "batch": batch, "max_batch": max_batch,
-            "larger_batch": refused[0] if refused else f"not tried (max_batch {max_batch})",
-            "form": form, "img_size": img_size, "dtype": "float32", "channels_last": False, "autocast": None,
-            "warmup_s": warmup_s, "time_s": time_s, "iterations": len(timing),
-            "device": torch.cuda.get_device_name(dev), "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(), "threads": torch.get_num_threads()}
-
-
-def backbone_latency(name: str, img_size: int = 512, rounds: int = 3, iters: int = 1,
-                     channels_last: bool = True) -> dict:
-    """Batch-1 latency of the fused ``features_only`` backbone (every stage's output) at ``img_size``."""
+def backbone_latency(names: list[str], img_size: int = 512, rounds: int = 3, iters: int = 1,
+                     channels_last: bool = True) -> dict[str, dict]:
+    """Per model: batch-1 latency of the fused ``features_only`` backbone (every stage's output) at
+    ``img_size``, the models interleaved round by round, with their paired speedups over each other."""
     dev = torch.device("cpu")
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = timm.utils.reparameterize_model(timm.create_model(name, features_only=True).eval()).to(memory_format=fmt)
     x = torch.randn(1, 3, img_size, img_size).contiguous(memory_format=fmt)
-    step = make_step(model, "latency", x, "none")
-    step()  # warm-up
-    seconds = [timed(step, dev, iters) for _ in range(rounds)]
-    info = model.feature_info
-    return {"latency_ms": 1e3 * statistics.median(seconds), "latency_ms_min": 1e3 * min(seconds),
-            "form": "fused (timm reparameterize_model)", "out_indices": list(info.out_indices),
-            "channels": info.channels(), "reductions": info.reduction(), "img_size": img_size, "batch": 1,
-            "dtype": "float32", "channels_last": channels_last, "threads": torch.get_num_threads(),
-            "rounds": rounds, "iters": iters, "device": f"{cpu_name()} (CPU)"}
+    models, steps = {}, {}
+    for name in names:
+        models[name] = timm.utils.reparameterize_model(
+            timm.create_model(name, features_only=True).eval()).to(memory_format=fmt)
+        steps[name] = make_step(models[name], "latency", x, "none")
+        steps[name]()  # warm-up
+    seconds = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            seconds[name].append(timed(steps[name], dev, iters))
+    paired = paired_speedups(seconds)
+    out = {}
+    for name, model in models.items():
+        info = model.feature_info
+        out[name] = {
+            "latency_ms": 1e3 * statistics.median(seconds[name]), "latency_ms_min": 1e3 * min(seconds[name]),
+            "latency_round_s": seconds[name], "form": "fused (timm reparameterize_model)",
+            "out_indices": list(info.out_indices), "channels": info.channels(), "reductions": info.reduction(),
+            "img_size": img_size, "batch": 1, "dtype": "float32", "channels_last": channels_last,
+            "threads": torch.get_num_threads(), "rounds": rounds, "iters": iters, "device": f"{cpu_name()} (CPU)",
+            "paired_speedup": paired[name]}
+    return out
 
 
 def coreml_facts(name: str, folder: Path, img_size: int = 224) -> dict:
@@ -158,62 +133,74 @@ def coreml_facts(name: str, folder: Path, img_size: int = 224) -> dict:
     return {"ops": ops, "op_histogram": r["ops"], **{k: r[k] for k in keys}}
 
 
-def measure_cell(config: dict | RunConfig, output: str | Path, rounds: int | dict = 3,
-                 latency_iters: int | dict = 2, throughput_batch: int = 16, img_size: int = 224,
-                 backbone_img_size: int = 512, backbone_models: list[str] | tuple[str, ...] | None = BACKBONE_MODELS,
-                 coreml: bool | dict = False, gpu_warmup_s: float | dict = 5.0, gpu_time_s: float | dict = 10.0,
-                 gpu_max_batch: int = 16384, threads: int | None = None, channels_last: bool = True) -> dict:
-    """Measure ``config.model`` (see the module docstring) and write ``output/record.json``; return the record.
+def measure_cell(config: dict | RunConfig, output: str | Path, **parameters) -> dict:
+    """Measure ``config.model`` alone (``measure_side_by_side`` of one run); return its record."""
+    return measure_side_by_side([{"config": config, "output": output}], **parameters)[0]
+
+
+def measure_side_by_side(runs: list[dict], rounds: int | dict = 3, latency_iters: int | dict = 2,
+                         throughput_batch: int = 16, img_size: int = 224, backbone_img_size: int = 512,
+                         backbone_models: list[str] | tuple[str, ...] | None = BACKBONE_MODELS,
+                         coreml: bool | dict = False, gpu_warmup_s: float | dict = 5.0,
+                         gpu_time_s: float | dict = 10.0, gpu_max_batch: int = 16384, threads: int | None = None,
+                         channels_last: bool = True) -> list[dict]:
+    """Measure the models of ``runs`` (each ``{"config": RunConfig or its dict, "output": run folder}``) in this
+    process, their CPU timings interleaved round by round (see the module docstring), and write each run's
+    ``record.json``; return the records in the order of ``runs``.
 
     ``backbone_models``: the models whose 512x512 backbone latency is measured (None: every model).
     ``threads``: torch's CPU threads (None: as set, e.g. by OMP_NUM_THREADS).
     """
-    config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
-    name, profile = config.model, config.profile
-    if not timm.is_model(name):
-        raise ValueError(f"unknown model {name!r}; see timm.list_models() (repnext registers its own)")
+    configs = [r["config"] if isinstance(r["config"], RunConfig) else RunConfig.from_dict(r["config"]) for r in runs]
+    names, profile = [c.model for c in configs], configs[0].profile
+    for name in names:
+        if not timm.is_model(name):
+            raise ValueError(f"unknown model {name!r}; see timm.list_models() (repnext registers its own)")
+    if len(set(names)) < len(names) or {c.profile for c in configs} != {profile}:
+        raise ValueError(f"runs timed side by side are distinct models of one profile; got "
+                         f"{[(c.model, c.profile) for c in configs]}")
     if threads:
         torch.set_num_threads(threads)
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     rounds, latency_iters = for_profile(rounds, profile), for_profile(latency_iters, profile)
+    cpu = cpu_speed(names, rounds, latency_iters, throughput_batch, img_size, channels_last)
+    backbones = backbone_latency([n for n in names if backbone_models is None or n in backbone_models],
+                                 backbone_img_size, rounds, 1, channels_last)
+    records = []
+    for config, cell in zip(configs, runs):
+        name, output = config.model, Path(cell["output"])
+        record = {"status": "complete", "source": "measured", "model": name, "run_id": config.run_id,
+                  "profile": profile, "side_by_side": [c.run_id for c in configs], "cpu": cpu[name],
+                  "throughput": _throughput(cpu[name]), "gpu": None, "backbone": backbones.get(name),
+                  "backbone_missing": None, "coreml": None, "coreml_missing": None}
+        if torch.cuda.is_available():  # the papers' method, one model at a time (each fills the GPU)
+            record["gpu"] = gpu_throughput(name, img_size, for_profile(gpu_warmup_s, profile),
+                                           for_profile(gpu_time_s, profile), gpu_max_batch)
+        record["gpu_missing"] = None if record["gpu"] else (
+            f"no CUDA device on this machine ({cpu[name]['device']}); the GPU throughput was not measured")
+        if record["backbone"] is None:
+            record["backbone_missing"] = (f"{name} is not a detection/segmentation backbone in the papers "
+                                          f"(backbone_models: {', '.join(backbone_models)})")
+        if for_profile(coreml, profile):
+            record["coreml"] = coreml_facts(name, output / "coreml", img_size)
+        else:
+            record["coreml_missing"] = f"Core ML export off in the {profile} profile (parameter coreml)"
+        records.append(record)
+    env = environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"), Dist())
+    seconds = round(time.perf_counter() - start, 3)  # the job's, for all its models
+    for record, cell in zip(records, runs):
+        record.update(environment=env, seconds=seconds)
+        write_json(RunPaths(Path(cell["output"])).record, record)
+    return records
 
-    cpu = cpu_speed(name, rounds, latency_iters, throughput_batch, img_size, channels_last)
-    fused = cpu["forms"][cpu["fused_form"]]
-    record = {
-        "status": "complete", "source": "measured", "model": name, "run_id": config.run_id, "profile": profile,
-        "cpu": cpu,
-        # the fused form's CPU throughput in the schema of repnext.bench.throughput (the tables' column)
-        "throughput": {"images_per_second": fused["throughput_img_s"],
-                       "form": cpu["fused_form"] if cpu["fused_form"] != "train" else "as built (nothing to fuse)",
-                       "batch": throughput_batch, "img_size": img_size, "channels_last": channels_last,
-                       "rounds": rounds, "threads": cpu["threads"], "device": cpu["device"]},
-    }
-    if torch.cuda.is_available():
-        record["gpu"] = gpu_throughput(name, img_size, for_profile(gpu_warmup_s, profile),
-                                       for_profile(gpu_time_s, profile), gpu_max_batch)
-        record["gpu_missing"] = None
-    else:
-        record["gpu"] = None
-        record["gpu_missing"] = f"no CUDA device on this machine ({cpu['device']}); the GPU throughput was not measured"
-    if backbone_models is None or name in backbone_models:
-        record["backbone"] = backbone_latency(name, backbone_img_size, rounds, 1, channels_last)
-        record["backbone_missing"] = None
-    else:
-        record["backbone"] = None
-        record["backbone_missing"] = (f"{name} is not a detection/segmentation backbone in the papers "
-                                      f"(backbone_models: {', '.join(backbone_models)})")
-    if for_profile(coreml, profile):
-        record["coreml"] = coreml_facts(name, output / "coreml", img_size)
-        record["coreml_missing"] = None
-    else:
-        record["coreml"] = None
-        record["coreml_missing"] = f"Core ML export off in the {profile} profile (parameter coreml)"
-    record["environment"] = environment(torch.device("cuda" if record["gpu"] else "cpu"), Dist())
-    record["seconds"] = round(time.perf_counter() - start, 3)
-    write_json(RunPaths(output).record, record)
-    return record
+
+def _throughput(cpu: dict) -> dict:
+    """The fused form's CPU throughput in the schema of ``repnext.bench.throughput`` (the tables' column)."""
+    form = cpu["fused_form"]
+    return {"images_per_second": cpu["forms"][form]["throughput_img_s"],
+            "form": form if form != "train" else "as built (nothing to fuse)", "batch": cpu["throughput_batch"],
+            "img_size": cpu["img_size"], "channels_last": cpu["channels_last"], "rounds": cpu["rounds"],
+            "threads": cpu["threads"], "device": cpu["device"]}
 
 
 def summary(record: dict) -> str:
@@ -225,6 +212,10 @@ def summary(record: dict) -> str:
         mark = "  <- fused" if form == cpu["fused_form"] else ""
         lines.append(f"  {form:<14}{v['latency_ms']:9.2f} ms (batch 1){v['throughput_img_s']:10.1f} img/s "
                      f"(batch {cpu['throughput_batch']}){mark}")
+    paired = cpu.get("paired_speedup", {}).get("latency")
+    if paired:
+        lines.append(f"  {cpu['fused_form']} form, batch 1, times faster than (paired rounds): "
+                     + ", ".join(f"{other} {x:.2f}x" for other, x in paired.items()))
     gpu = record["gpu"]
     lines.append(f"  GPU: {gpu['images_per_second']:.0f} img/s at batch {gpu['batch']} on {gpu['device']}"
                  if gpu else f"  GPU: {record['gpu_missing']}")

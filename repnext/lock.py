@@ -49,24 +49,28 @@ class RunLock:
             self.fd = None
 
 
-def holds_run_lock(fn: Callable) -> Callable:
-    """Run ``fn(config, output, ...)`` holding ``output``'s lock (DDP: rank 0 holds it for all ranks).
-    ``wait_for_lock=True`` waits for the holder instead of refusing (runs sharing one teacher)."""
+def holds_run_lock(is_main: Callable[[], bool]) -> Callable[[Callable], Callable]:
+    """Run ``fn(config, output, ...)`` holding ``output``'s lock; under DDP the process for which ``is_main()``
+    is true holds it for all ranks. ``wait_for_lock=True`` waits for the holder instead of refusing (runs
+    sharing one teacher)."""
 
-    @functools.wraps(fn)
-    def wrapper(config, output, *args, wait_for_lock: bool = False, **kwargs):
-        config.resolve()  # a bad value is refused before the folder is created
-        if int(os.environ.get("RANK", "0")) != 0:
-            return fn(config, output, *args, **kwargs)
-        folder = Path(output).expanduser()
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise StoreError(f"cannot create output folder {folder}: {e.strerror}") from None
-        lock = RunLock(folder).acquire(wait_for_lock)
-        try:
-            return fn(config, output, *args, **kwargs)
-        finally:
-            lock.release()
+    def decorate(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def wrapper(config, output, *args, wait_for_lock: bool = False, **kwargs):
+            config.resolve()  # a bad value is refused before the folder is created
+            if not is_main():
+                return fn(config, output, *args, **kwargs)
+            folder = Path(output).expanduser()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create output folder {folder}: {e.strerror}") from None
+            lock = RunLock(folder).acquire(wait_for_lock)
+            try:
+                return fn(config, output, *args, **kwargs)
+            finally:
+                lock.release()
 
-    return wrapper
+        return wrapper
+
+    return decorate

@@ -1,18 +1,21 @@
-"""Import official training logs into the results store, as if the runs had been trained here.
+"""Official training logs read as runs: which run each file is, its history and the record it makes.
 
-    python -m repnext.logs import logs/repnext_m0_distill_300e.txt [--results results] [--force]
+    python -m repnext.results import $(find logs -name '*.txt' -o -name '*_summary.csv')
+
+(the command is ``repnext.results``'s: it writes the records).
 
 Two formats: the DeiT/RepNeXt ``log.txt`` (one JSON object per epoch, official main.py) and timm's
 ``summary.csv`` of moganet_train.py (StarNet recipe) with the ``args.yaml`` beside it. Each run lands in
 ``<results>/<table>/<run id>/`` under the run id of the paper-scale RunConfig it reproduces, so the table
-that asks for that cell finds it done.
+that asks for that cell finds it done. The published files (``official_logs.csv``) are known by name; any
+other file's run is inferred from its name, its args.yaml, its parameter count and its lr schedule.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import re
@@ -25,9 +28,10 @@ import yaml
 
 from .complexity import TABLE_FUSE_MODE, Complexity, measure
 from .config import RunConfig, Settings
+from .messages import first_line
 from .recipes import get_recipe
-from .results import DEFAULT_RESULTS, RunPaths, read_json, write_json, write_log
 
+MANIFEST = Path(__file__).with_name("official_logs.csv")
 NUM_CLASSES = {"imagenet": 1000, "cifar100": 100}  # first: the default when nothing says otherwise
 SUMMARY_COLUMNS = {"lr": "train_lr", "train_loss": "train_loss", "eval_loss": "test_loss",
                    "eval_top1": "test_acc1", "eval_top5": "test_acc5", "epoch": "epoch"}  # DeiT order
@@ -43,6 +47,7 @@ class ParsedLog:
     format: str          # "deit-log" | "starnet-summary"
     history: list[dict]  # DeiT schema, one entry per epoch, epochs 0..n-1
     args: dict           # the run's args.yaml ({} for DeiT logs: main.py writes none)
+    sha256: str = ""     # of the file's bytes: a copy of a file is the same run's log
 
     @property
     def n_parameters(self) -> int | None:
@@ -121,7 +126,7 @@ def parse_starnet_summary(path: Path) -> ParsedLog:
         try:
             args = yaml.safe_load(args_path.read_text()) or {}
         except yaml.YAMLError as e:
-            raise LogImportError(f"{args_path}: not YAML ({str(e).splitlines()[0]})") from None
+            raise LogImportError(f"{args_path}: not YAML ({first_line(e)})") from None
         if not isinstance(args, dict):
             raise LogImportError(f"{args_path}: not a mapping of training arguments")
     return ParsedLog(path, "starnet-summary", _epochs_in_order(history, path), args)
@@ -130,14 +135,14 @@ def parse_starnet_summary(path: Path) -> ParsedLog:
 def parse(path: Path) -> ParsedLog:
     if not path.is_file():
         raise LogImportError(f"{path}: no such file")
-    if path.name.endswith("summary.csv"):
-        return parse_starnet_summary(path)
-    return parse_deit_log(path)
+    log = parse_starnet_summary(path) if path.name.endswith("summary.csv") else parse_deit_log(path)
+    return dataclasses.replace(log, sha256=hashlib.sha256(path.read_bytes()).hexdigest())
 
 
 # --- what run the log is -------------------------------------------------------------------------------
 
 def _model_from_name(stem: str) -> str | None:
+    stem = re.sub(r"^(repnext_m\d)_e(?=_|$)", r"\1e", stem)  # the official E-form names: repnext_m0_e_cifar
     parts = stem.split("_")  # the longest prefix timm knows: repnext_m0e before repnext_m0
     return next(("_".join(parts[:i]) for i in range(len(parts), 0, -1) if timm.is_model("_".join(parts[:i]))), None)
 
@@ -204,6 +209,52 @@ def _observed_batch_lr(log: ParsedLog, stem: str, settings: Settings) -> tuple[i
     return None, float(f"{peak:.4g}")
 
 
+@dataclass(frozen=True)
+class OfficialFile:
+    """A published log (a row of official_logs.csv): the run it is and the table whose cell that run is."""
+    file: str  # its path under the official logs/ folder
+    config: RunConfig
+    table: str
+
+
+@functools.cache
+def official_files() -> dict[str, OfficialFile]:
+    """The published logs by file name."""
+    lines = [line for line in MANIFEST.read_text().splitlines() if line and not line.startswith("#")]
+    files = {}
+    for row in csv.DictReader(lines):
+        config = RunConfig(row["model"], row["recipe"], "full", row["data"], row["distillation"] == "true",
+                           int(row["epochs"]))
+        if int(row["batch"]) != config.resolve().batch_size:
+            config = dataclasses.replace(config, batch_size=int(row["batch"]))
+        files[Path(row["file"]).name] = OfficialFile(row["file"], config, row["table"])
+    return files
+
+
+def _check_length(log: ParsedLog, epochs: int) -> None:
+    if len(log.history) != epochs:
+        n = len(log.history)
+        raise LogImportError(f"{log.path}: the log has {n} epochs, the run {epochs}; "
+                             f"pass --epochs {n} to import it as a {n}-epoch run")
+
+
+def _official_config(log: ParsedLog, official: OfficialFile) -> RunConfig:
+    """The published file's run, after checking that the log shows its length, batch and lr."""
+    config, settings = official.config, official.config.resolve()
+    if log.args.get("model") not in (None, config.model):
+        raise LogImportError(f"{log.path}: the published file is {config.model}'s, its args.yaml says "
+                             f"{log.args['model']}; pass --model")
+    _check_length(log, config.epochs)
+    batch, lr = _observed_batch_lr(log, log.path.stem.lower(), settings)
+    wrong_lr = lr is not None and not math.isclose(lr, settings.lr, rel_tol=1e-3)
+    if (batch is not None and batch != settings.batch_size) or wrong_lr:
+        shown = f"batch {batch}" if batch is not None else f"peak lr {lr:g}"
+        raise LogImportError(f"{log.path}: the log shows {shown}, the published {official.file} batch "
+                             f"{settings.batch_size} (lr {settings.lr:g}); pass --model, --data, --distillation "
+                             "and --epochs to import it as another run")
+    return config
+
+
 def infer_config(log: ParsedLog, model: str | None = None, data: str | None = None,
                  distillation: bool | None = None, epochs: int | None = None) -> RunConfig:
     path, stem = log.path, log.path.stem.lower()
@@ -226,9 +277,7 @@ def infer_config(log: ParsedLog, model: str | None = None, data: str | None = No
     if epochs is None:
         recipe_ = get_recipe(recipe)
         epochs = _infer_epochs(log, stem, recipe_.epochs - recipe_.sched_epochs)
-    if len(log.history) != epochs:
-        raise LogImportError(f"{path}: the log has {len(log.history)} epochs, the run {epochs}; "
-                             f"pass --epochs {len(log.history)} to import it as a {len(log.history)}-epoch run")
+    _check_length(log, epochs)
     config = RunConfig(model, recipe, "full", data, distillation, epochs)
     # only what the log shows differs from the recipe's resolution joins the config (and the run id)
     settings, changes = config.resolve(), {}
@@ -253,32 +302,28 @@ def infer_table(config: RunConfig) -> str:
     return "compact" if config.data == "cifar100" or config.epochs != get_recipe("repvit").epochs else "imagenet"
 
 
-# --- writing the run ---------------------------------------------------------------------------------
-
-def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: str | None = None,
-               force: bool = False, **overrides) -> tuple[str, dict]:
-    """Import one file; returns (table, record). ``overrides``: model, data, distillation, epochs."""
-    path = Path(path).expanduser().resolve()
-    log = parse(path)
+def identify(log: ParsedLog, **overrides) -> tuple[RunConfig, str]:
+    """The run a log is and its table: a published file's from the manifest (unless flags say otherwise),
+    any other's inferred. ``overrides``: model, data, distillation, epochs."""
+    official = official_files().get(log.path.name)
+    if official is not None and all(v is None for v in overrides.values()):
+        return _official_config(log, official), official.table
     config = infer_config(log, **overrides)
-    table = table or infer_table(config)
-    if not re.fullmatch(r"[\w.-]+", table):
-        raise LogImportError(f"{path}: --table {table!r} is not a folder name")
-    settings = config.resolve()
-    paths = RunPaths(Path(results).expanduser() / table / config.run_id)
-    existing = read_json(paths.record)
-    if not force and existing is not None and existing.get("source") != "imported":
-        raise LogImportError(f"{path}: {paths.record} holds a trained run; pass --force to replace it")
-    if not force and existing is None and paths.checkpoint.is_file():
-        raise LogImportError(f"{path}: {paths.root} holds an unfinished trained run; pass --force to replace it")
+    return config, infer_table(config)
 
+
+# --- the record --------------------------------------------------------------------------------------
+
+def build_record(log: ParsedLog, config: RunConfig, table: str) -> tuple[list[dict], dict]:
+    """The run's log.txt history (DeiT schema) and record.json, as if trained here."""
+    settings = config.resolve()
     num_classes = NUM_CLASSES[settings.data]
     ref_table = f"compact_{settings.data}" if table == "compact" else table
     # what run_cell measures for the table (the paper's counting setting); the full profile trains at it
     measured = _measure(config.model, num_classes, settings.img_size, TABLE_FUSE_MODE.get(ref_table, "official"))
     params = measured.train_params
     if log.n_parameters is not None and log.n_parameters != params:
-        print(f"warning: {path}: n_parameters {log.n_parameters} in the log, {params} for {config.model} with "
+        print(f"warning: {log.path}: n_parameters {log.n_parameters} in the log, {params} for {config.model} with "
               f"{num_classes} classes here", file=sys.stderr)
     history = [{**e, "n_parameters": e.get("n_parameters", params)} for e in log.history]
     best = max(history, key=lambda e: e["test_acc1"])  # max() keeps the first of equals, like train()
@@ -292,45 +337,7 @@ def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: s
         "final": {"acc1": last["test_acc1"], "acc5": last["test_acc5"], "loss": last.get("test_loss")},
         "params": log.n_parameters if log.n_parameters is not None else params,
         "fused_params": measured.fused_params, "macs": measured.macs, "paper_setting": measured.as_dict(),
-        "source": "imported", "source_file": str(path), "source_format": log.format,
+        "source": "imported", "source_file": str(log.path), "source_format": log.format,
+        "source_sha256": log.sha256,
     }
-    write_json(paths.config, settings.as_dict())
-    write_log(paths.log, history)
-    write_json(paths.record, record)  # last: a record marks the run done
-    return table, record
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m repnext.logs", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="import DeiT log.txt / timm summary.csv files into the results store")
-    imp.add_argument("paths", nargs="+", metavar="PATH")
-    imp.add_argument("--results", default=str(DEFAULT_RESULTS), help="the results store (default: %(default)s)")
-    imp.add_argument("--table", help="default: imagenet, imagenet_starnet or compact, from the run")
-    imp.add_argument("--model", help="a timm model name, when the file name has none")
-    imp.add_argument("--data", choices=list(NUM_CLASSES), help="default: from the file name, else imagenet")
-    imp.add_argument("--distillation", action=argparse.BooleanOptionalAction, default=None)
-    imp.add_argument("--epochs", type=int, help="epochs the run ran, cooldown included (the log's length)")
-    imp.add_argument("--force", action="store_true", help="replace a trained run's record")
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    overrides = {k: getattr(args, k) for k in ("model", "data", "distillation", "epochs")}
-    failed = 0
-    for path in args.paths:
-        try:
-            table, r = import_log(path, args.results, args.table, args.force, **overrides)
-        except (LogImportError, OSError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        best = r["best"]
-        print(f"{table} {r['run_id']}: best top-1 {best['acc1']:.2f} / top-5 {best['acc5']:.2f} "
-              f"(epoch {best['epoch']}), {r['epochs']} epochs <- {Path(path).name}")
-    return 1 if failed else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return history, record

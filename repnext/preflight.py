@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .config import RunConfig
 from .errors import RepnextError
-from .results import RunPaths, read_json
+from .store import RunPaths, read_json
 
 DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 TRAINING_KEYS = ("model", "optimizer", "epoch", "step", "partial", "history", "best", "train_time", "train_samples")

@@ -7,12 +7,26 @@ from __future__ import annotations
 
 import csv
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from importlib import resources
 from pathlib import Path
 
 REPO_REFERENCE = Path(__file__).resolve().parents[1] / "paper_tables" / "reference.csv"
+
+
+def round_half_up(value: float, decimals: int, sign: bool = False) -> str:
+    """``value`` printed with ``decimals`` places, rounded half-up from its decimal text as the paper rounds:
+    0.4055 -> 40.6 % and 0.6345 -> 63.5 %, where ``f"{x:.1f}"`` rounds the binary value (40.5, 63.4).
+    The text has 15 significant digits, all a float holds exactly, so arithmetic noise (0.6345 * 100 =
+    63.449999999999996) does not move a half. ``sign``: a leading + on values >= 0 (deltas)."""
+    if not math.isfinite(value):
+        return f"{value:+}" if sign else f"{value}"
+    rounded = Decimal(f"{float(value):.15g}").quantize(Decimal(1).scaleb(-decimals), rounding=ROUND_HALF_UP)
+    text = f"{rounded.copy_abs() if rounded.is_zero() else rounded:f}"  # no "-0.0"
+    return f"+{text}" if sign and not text.startswith("-") else text
 
 
 @dataclass(frozen=True)
@@ -33,13 +47,17 @@ class PaperValue:
 
     def format(self, measured: float) -> str:
         """``measured`` at the paper's printed precision."""
-        return f"{measured:.{self.decimals}f}"
+        return round_half_up(measured, self.decimals)
 
     def matches(self, measured: float) -> bool:
         return self.format(measured) == self.text
 
     def delta(self, measured: float) -> float:
-        return round(float(self.format(measured)) - self.value, self.decimals)
+        """Ours as printed minus the paper's, exact at the paper's precision."""
+        return float(Decimal(self.format(measured)) - Decimal(self.text))
+
+    def format_delta(self, measured: float) -> str:
+        return round_half_up(self.delta(measured), self.decimals, sign=True)
 
 
 def reference_path() -> Path:

@@ -1,105 +1,171 @@
-"""The results store: one folder per run, files written atomically (see DESIGN.md).
+"""The results store (``repnext.store``, re-exported here) and the import of official logs into it.
 
-    <run>/config.json  <run>/log.txt  <run>/record.json  <run>/checkpoint.pth  <run>/run.ipynb
+    python -m repnext.results import [--dry-run] [--force] $(find logs -name '*.txt' -o -name '*_summary.csv')
 
-A run without record.json is unfinished (its checkpoint resumes it); a record's ``status`` is
-``complete`` or ``failed``.
+imports official training logs (``repnext.logs``) as records. A record is never replaced by another file's
+unless ``--force`` is given: re-importing a file, or a byte-identical copy, changes nothing.
 """
 from __future__ import annotations
 
-import json
-import os
-import tempfile
+import argparse
+import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import StoreError
-from .files import atomic_write_text, write_failure
+from .dense import official_logs as dense_logs
+from .files import atomic_write_text
+from .logs import NUM_CLASSES, LogImportError, ParsedLog, build_record, identify, parse
+from .store import (  # noqa: F401  (the store's names, where the project has always imported them from)
+    DEFAULT_RESULTS,
+    RunPaths,
+    load_checkpoint,
+    log_text,
+    read_json,
+    save_checkpoint,
+    write_json,
+    write_log,
+)
 
-DEFAULT_RESULTS = Path(os.environ.get("REPNEXT_RESULTS", "results"))
-
+# --- importing official logs ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log.txt"
-
-    @property
-    def record(self) -> Path:
-        return self.root / "record.json"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pth"
-
-    @property
-    def notebook(self) -> Path:
-        return self.root / "run.ipynb"
-
-    @property
-    def stop(self) -> Path:
-        """Touched by a job's controller to ask the running training for a checkpoint (preemption)."""
-        return self.root / "stop.request"
+class Imported:
+    """What importing one file did (or, with --dry-run, would do)."""
+    table: str
+    record: dict
+    action: str          # "imported" | "unchanged" | "would import" | "replaced" | "would replace"
+    note: str = ""       # what it was the same as, or what it replaced
 
 
-def write_json(path: Path, obj: object) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def _describe(record: dict) -> str:
+    best = record["best"]
+    return (f"{record['model']}, {record['recipe']} recipe, {record['data']}, {record['epochs']} epochs, "
+            f"{'distilled' if record['distillation'] else 'not distilled'}, batch {record['batch_size']}: "
+            f"best top-1 {best['acc1']:.2f} / top-5 {best['acc5']:.2f} (epoch {best['epoch']})")
 
 
-def read_json(path: Path) -> dict | None:
-    """The JSON object in ``path``, None when there is no such file; a file that is not JSON raises naming it."""
-    if path.is_dir():
-        raise StoreError(f"{path} is a directory, not a JSON file; move it away")
+def _origin(record: dict, folder: Path) -> str:
+    if record.get("source") == "imported":
+        return f"{folder} (imported from {record.get('source_file')})"
+    return f"{folder} (a trained run, best top-1 {record.get('best', {}).get('acc1')})"
+
+
+def _same_source(record: dict, folder: Path, log: ParsedLog, text: str) -> bool:
+    if record.get("source_sha256"):
+        return record["source_sha256"] == log.sha256
+    log_file = folder / "log.txt"  # a record imported before hashes were kept: compare what it holds
+    return log_file.is_file() and log_file.read_text() == text
+
+
+def _read_record(path: Path) -> dict | None:
     try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
+        return read_json(path)
+    except ValueError:
+        raise LogImportError(f"{path}: not a JSON record; move it away or fix it, then import again") from None
+
+
+def _imported_records(results: Path, run_id: str) -> list[tuple[Path, dict]]:
+    """The imported records of a run id, in any table of the store."""
+    found = ((path.parent, _read_record(path)) for path in sorted(results.glob(f"*/{run_id}/record.json")))
+    return [(folder, r) for folder, r in found if r is not None and r.get("source") == "imported"]
+
+
+def _check_target(log: ParsedLog, paths: RunPaths, existing: dict | None) -> None:
+    if existing is not None and existing.get("source") != "imported":
+        raise LogImportError(f"{log.path}: {paths.record} holds a trained run; pass --force to replace it")
+    if existing is None and paths.checkpoint.is_file():
+        raise LogImportError(f"{log.path}: {paths.root} holds an unfinished trained run; pass --force to replace it")
+
+
+def _planned_copy(log: ParsedLog, run_id: str, planned: dict, force: bool) -> ParsedLog | None:
+    """A dry run writes nothing: two files of one run in one call meet here instead of in the store. Returns
+    the file planned before this one when they are the same bytes."""
+    other = planned.setdefault(run_id, log)
+    if other is log:
         return None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise StoreError(f"{path} is not valid JSON ({e}); fix or delete it") from None
-    if not isinstance(obj, dict):
-        raise StoreError(f"{path} holds a JSON {type(obj).__name__}, not an object; fix or delete it")
-    return obj
+    if other.sha256 != log.sha256 and not force:
+        raise LogImportError(f"{log.path} and {other.path} are different files of one run ({run_id}); "
+                             "pass --force to import the last one")
+    return other if other.sha256 == log.sha256 else None
 
 
-def write_log(path: Path, history: list[dict]) -> Path:
-    """log.txt in the DeiT/RepNeXt schema: one JSON object per epoch."""
-    return atomic_write_text(path, "".join(json.dumps(entry) + "\n" for entry in history))
+def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: str | None = None,
+               force: bool = False, dry_run: bool = False, planned: dict | None = None, **overrides) -> Imported:
+    """Import one official log as its run's record. ``overrides``: model, data, distillation, epochs.
+    ``planned``: run id -> the file a dry run of the same call would have imported for it (updated)."""
+    path = Path(path).expanduser().resolve()
+    log = parse(path)
+    config, run_table = identify(log, **overrides)
+    table = table or run_table
+    if not re.fullmatch(r"[\w.-]+", table):
+        raise LogImportError(f"{path}: --table {table!r} is not a folder name")
+    history, record = build_record(log, config, table)
+    text = log_text(history)
+    results = Path(results).expanduser()
+    paths = RunPaths(results / table / config.run_id)
+    existing = _read_record(paths.record)
+    if not force:
+        _check_target(log, paths, existing)
+    for folder, other in _imported_records(results, config.run_id):
+        if _same_source(other, folder, log, text):  # this file again, or a copy of it: one run
+            same = "" if other.get("source_file") == str(path) else f"same bytes as {other.get('source_file')}"
+            return Imported(folder.parent.name, other, "unchanged", same)
+        if not force:
+            raise LogImportError(f"{path} and {other.get('source_file')} are different files of one run "
+                                 f"({config.run_id}), already imported into {folder}; pass --force to replace it")
+    replaced = f"replaced {_origin(existing, paths.root)}" if existing is not None else ""
+    if dry_run:
+        copy = _planned_copy(log, config.run_id, planned if planned is not None else {}, force)
+        if copy is not None:
+            return Imported(table, record, "unchanged", f"same bytes as {copy.path}")
+        return Imported(table, record, "would replace" if replaced else "would import", replaced)
+    write_json(paths.config, config.resolve().as_dict())
+    atomic_write_text(paths.log, text)
+    write_json(paths.record, record)  # last: a record marks the run done
+    return Imported(table, record, "replaced" if replaced else "imported", replaced)
 
 
-def save_checkpoint(path: Path, state: dict) -> Path:
-    """torch.save to a temporary name, then rename: a crash leaves the previous checkpoint intact."""
-    import torch  # here: the store's paths and JSON files serve command lines that must not wait for torch
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError)):  # torch reports a full disk as "[enforce fail ...] unexpected pos"
-            raise write_failure(path, e) from None
-        raise
-    return path
-
-
-def load_checkpoint(path: Path) -> dict:
-    import torch
-
-    return torch.load(path, map_location="cpu", weights_only=True)
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m repnext.results",
+                                description="the results store; import: official training logs -> records")
+    sub = p.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="import DeiT log.txt / timm summary.csv files into the results store")
+    imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.add_argument("--results", default=str(DEFAULT_RESULTS), help="the results store (default: %(default)s)")
+    imp.add_argument("--table", help="default: the published file's table, else imagenet, imagenet_starnet or "
+                                     "compact, from the run")
+    imp.add_argument("--model", help="a timm model name, when the file name has none")
+    imp.add_argument("--data", choices=list(NUM_CLASSES), help="default: from the file name, else imagenet")
+    imp.add_argument("--distillation", action=argparse.BooleanOptionalAction, default=None)
+    imp.add_argument("--epochs", type=int, help="epochs the run ran, cooldown included (the log's length)")
+    imp.add_argument("--dry-run", action="store_true", help="print what each file would become; write nothing")
+    imp.add_argument("--force", action="store_true", help="replace a record of the same run from another source")
+    return p
 
 
-if __name__ == "__main__":  # python -m repnext.results import PATH...: official logs -> records
-    import sys
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: getattr(args, k) for k in ("model", "data", "distillation", "epochs")}
+    counts: dict[str, int] = {}
+    planned: dict[str, ParsedLog] = {}
+    for path in args.paths:
+        try:
+            done = import_log(path, args.results, args.table, args.force, args.dry_run, planned, **overrides)
+        except (LogImportError, OSError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            counts["failed"] = counts.get("failed", 0) + 1
+            continue
+        counts[done.action] = counts.get(done.action, 0) + 1
+        r = done.record
+        print(f"{done.action} {done.table}/{r['run_id']}: {_describe(r)} <- {Path(path).name}"
+              + (f" ({done.note})" if done.note else ""))
+    if len(args.paths) > 1:
+        print(f"{len(args.paths)} files: " + ", ".join(f"{n} {action}" for action, n in counts.items()))
+    return 1 if counts.get("failed") else 0
 
-    from .logs import main
 
+if __name__ == "__main__":
+    if any(arg.endswith(".json") for arg in sys.argv[1:]):  # mmdet/mmseg logs: the dense tables
+        sys.exit(dense_logs.main())
     sys.exit(main())

@@ -20,12 +20,13 @@ import dataclasses
 import math
 import os
 import platform
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -45,13 +46,14 @@ from tqdm import tqdm
 
 import repnext
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, adapt_state_dict, read_checkpoint
 from .cli import parse_train_arguments
 from .complexity import count_macs, count_params, inference_form
 from .config import RunConfig, Settings
 from .data import DatasetError, DataSplits, Transformed, build_dataset, sample_seed, seed_everything
 from .errors import RepnextError
 from .lock import holds_run_lock
+from .messages import first_line
 from .preflight import check_device, check_model, check_resumable, check_run_folder
 from .recipes import Recipe
 from .results import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
@@ -60,7 +62,11 @@ INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)  # what SLURM sends before 
 
 
 class TrainingError(RuntimeError):
-    """A run that cannot start or cannot go on (bad input, diverged loss)."""
+    """A run that cannot start or cannot go on (bad input, diverged loss, a lost peer)."""
+
+    def __init__(self, message: str, every_rank: bool = False):
+        super().__init__(message)
+        self.every_rank = every_rank  # every rank raises it alike (bad input): rank 0 alone reports it
 
 
 class Interrupted(Exception):
@@ -73,10 +79,10 @@ class StopRequests:
     process, e.g. the one running a notebook's kernel, asks for a checkpoint). A context manager: the signal
     handlers are installed on entry and restored on exit."""
 
-    def __init__(self, stop_file: Path | None = None):
-        self.stop_file = stop_file
+    def __init__(self, stop_file: Path | None = None, poll_s: float = 2.0):
+        self.stop_file, self.poll_s = stop_file, poll_s
         self.received: list[int] = []
-        self._since = 0.0
+        self._since = self._polled = 0.0
         self._handlers: dict = {}
 
     def __enter__(self) -> StopRequests:
@@ -92,8 +98,13 @@ class StopRequests:
     def __call__(self) -> bool:
         if self.received:
             return True
+        # polled every step: stat the file at most every poll_s (a shared filesystem's metadata server
+        # serves every rank of every job)
+        if self.stop_file is None or time.monotonic() - self._polled < self.poll_s:
+            return False
+        self._polled = time.monotonic()
         try:
-            return self.stop_file is not None and self.stop_file.stat().st_mtime >= self._since
+            return self.stop_file.stat().st_mtime >= self._since
         except FileNotFoundError:
             return False
 
@@ -111,40 +122,93 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: torch.device) -> Dist:
-    """DDP from the environment torchrun (or submitit's TorchDistributedEnvironment.export()) sets."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+def launch_env(environ: Mapping[str, str] = os.environ) -> Dist:
+    """Who this process is: torchrun's variables (also what submitit's TorchDistributedEnvironment.export()
+    sets) or, without them, SLURM's in a task of a plain ``srun -n N`` step, as the official utils.py reads
+    them (else N independent world-1 runs would write one folder)."""
+    if "WORLD_SIZE" in environ:
+        return Dist(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", "0")))
+    if "SLURM_STEP_NUM_TASKS" in environ:  # srun sets it for its tasks; the batch script itself has none
+        world = int(environ["SLURM_STEP_NUM_TASKS"])
+        return Dist(int(environ["SLURM_PROCID"]), world, int(environ.get("SLURM_LOCALID", "0")))
+    return Dist()
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list (``gpu[03-05,7],cpu1`` -> ``gpu03``), parsed without scontrol."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    return match[1] + re.split(r"[-,]", match[2])[0] if match[2] else match[1]
+
+
+def slurm_rendezvous(environ: Mapping[str, str]) -> tuple[str, str]:
+    """MASTER_ADDR and MASTER_PORT for a plain srun step: the step's first host, a port from the job id."""
+    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or "localhost"
+    try:
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                               timeout=30, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        hosts = []
+    return hosts[0] if hosts else first_host(nodelist), str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)
+
+
+def backend_for(device: torch.device) -> str:
+    """The process group's backends: host values (the stop agreement, metric sums) reduce through gloo, CUDA
+    tensors (DDP's gradients, BatchNorm statistics) through NCCL."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def init_distributed(device: torch.device, env: Dist) -> Dist:
+    """Join the process group of ``env`` (from ``launch_env``) on ``device``."""
+    if env.world <= 1:
         return Dist()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before the group: NCCL binds each rank to its own GPU
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        if "MASTER_ADDR" not in os.environ:  # a plain srun step: no torchrun rendezvous
+            addr, port = slurm_rendezvous(os.environ)
+            os.environ["MASTER_ADDR"] = addr
+            os.environ.setdefault("MASTER_PORT", port)
+        dist.init_process_group(backend_for(device), rank=env.rank, world_size=env.world)
+    return env
 
 
 def all_sum(values: list[float], env: Dist) -> list[float]:
-    if env.world == 1:
+    """Sums of host values over the ranks, through gloo (a CUDA job's group has it beside NCCL)."""
+    if env.world == 1 and not dist.is_initialized():
         return values
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t)
     return t.tolist()
 
 
+def lost_peer(error: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (gloo raises on a closed connection)."""
+    text = str(error).lower()
+    return isinstance(error, dist.DistError) or "connection closed by peer" in text or "connection reset" in text
+
+
 # --- data ------------------------------------------------------------------------------------------------
 
 class PositionedSampler(Sampler):
-    """Yields (position, index) from a base sampler, starting at ``start`` (to resume mid-epoch). The
-    position, made unique across ranks, seeds the sample's augmentation."""
+    """Yields (epoch, position, index) from a base sampler, starting at ``start`` (to resume mid-epoch). The
+    epoch and the position, made unique across ranks, seed the sample's augmentation; they travel with the
+    index because the sampler runs in this process and persistent workers keep their own dataset copy."""
 
     def __init__(self, base: Sampler | list[int], env: Dist):
-        self.base, self.env, self.start = base, env, 0
+        self.base, self.env, self.start, self.epoch = base, env, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.base, "set_epoch"):
+            self.base.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.base) - self.start
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
         for position, index in enumerate(self.base):
             if position >= self.start:
-                yield position * self.env.world + self.env.rank, index
+                yield self.epoch, position * self.env.world + self.env.rank, index
 
 
 class EpochPermutation(Sampler):
@@ -184,17 +248,16 @@ def build_loaders(s: Settings, splits: DataSplits, env: Dist, model: nn.Module):
                                 num_repeats=r.repeated_aug)
     else:
         base = EpochPermutation(len(splits.train), s.seed, env)
-    per_rank = s.batch_size // env.world
+    per_rank = s.batch_size // env.world  # exact: check_batch refused a total that does not split
     if len(base) < per_rank:
         raise TrainingError(f"{len(base)} training samples per process is less than one batch of {per_rank}; "
                             "lower --batch-size")
     sampler = PositionedSampler(base, env)
-    train = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=True, num_workers=s.workers,
-                       pin_memory=torch.cuda.is_available())
+    workers = dict(num_workers=s.workers, persistent_workers=s.workers > 0, pin_memory=torch.cuda.is_available())
+    train = DataLoader(train_set, batch_size=per_rank, sampler=sampler, drop_last=True, **workers)
     val_set = Transformed(splits.val, eval_tf, s.seed)
     val_indices = list(range(len(splits.val)))[env.rank::env.world]  # every sample once, no padding
-    val = DataLoader(val_set, batch_size=per_rank, sampler=PositionedSampler(val_indices, Dist()),
-                     num_workers=s.workers)
+    val = DataLoader(val_set, batch_size=per_rank, sampler=PositionedSampler(val_indices, Dist()), **workers)
     return train, val
 
 
@@ -233,12 +296,44 @@ class DistillationLoss(nn.Module):
 
 # --- building --------------------------------------------------------------------------------------------
 
-def pick_device(name: str) -> torch.device:
+def device_for(name: str, env: Dist, cuda_devices: int) -> str:
+    """The device of this rank with ``cuda_devices`` GPUs visible: on CUDA, cuda:LOCAL_RANK (modulo the GPUs
+    it sees: one when SLURM binds a GPU to each task), so that no two ranks of a node share a GPU."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto")
-    return torch.device(name)
+        name = "cuda" if cuda_devices else "cpu"
+    if not name.startswith("cuda"):
+        return name
+    if not cuda_devices:
+        raise TrainingError(f"device {name!r} requested but CUDA is not available; use --device cpu or auto",
+                            every_rank=True)
+    if name != "cuda" and env.world > 1:
+        raise TrainingError(f"--device {name} with {env.world} processes: each process runs on its own GPU "
+                            "(cuda:LOCAL_RANK); use --device cuda or auto", every_rank=True)
+    return name if name != "cuda" else f"cuda:{env.local_rank % cuda_devices}"
+
+
+def pick_device(name: str, env: Dist = Dist()) -> torch.device:
+    return torch.device(device_for(name, env, torch.cuda.device_count() if torch.cuda.is_available() else 0))
+
+
+def amp_dtype(amp: str, capability: tuple[int, int] | None) -> str:
+    """The autocast dtype on a GPU of compute ``capability`` (None: no GPU, float32 throughout). bfloat16 is
+    emulated below sm80: float16 with a GradScaler there, as the official recipe runs."""
+    if capability is None or amp == "none":
+        return "none"
+    return "float16" if amp == "bfloat16" and tuple(capability) < (8, 0) else amp
+
+
+def check_batch(batch: int, world: int, mixup: bool) -> int:
+    """The per-process batch; a total that does not split into equal per-process batches (even ones for
+    mixup, which pairs samples) is refused before anything starts, naming the nearest valid totals."""
+    unit = world * (2 if mixup else 1)
+    if batch % unit == 0:
+        return batch // world
+    nearest = " or ".join(str(b) for b in (batch // unit * unit, (batch // unit + 1) * unit) if b > 0)
+    kind = "even " if mixup else ""
+    raise TrainingError(f"--batch-size {batch} does not split over {world} processes into equal {kind}"
+                        f"per-process batches; nearest valid: {nearest}", every_rank=True)
 
 
 def create_student(s: Settings, num_classes: int) -> nn.Module:
@@ -270,12 +365,19 @@ def build_teacher(s: Settings, splits: DataSplits, output: Path, device: torch.d
     else:
         raise TrainingError(f"distillation with the {s.profile.name} profile needs --teacher-checkpoint "
                             f"(weights of {name}, e.g. DeiT's regnety_160-a5fe301d.pth)")
+    return load_teacher(name, path, splits.num_classes).to(device).eval().requires_grad_(False)
+
+
+def load_teacher(name: str, path: Path, num_classes: int) -> nn.Module:
+    """The teacher with every weight of ``path``, its classifier included: loaded strictly, never through
+    timm's pretrained path (which drops a classifier of another class count than 1000 and loads the rest
+    non-strictly, leaving a random head)."""
+    teacher = timm.create_model(name, num_classes=num_classes)
     try:
-        teacher = timm.create_model(name, num_classes=splits.num_classes, pretrained=True,
-                                    pretrained_cfg_overlay=dict(file=str(path)))
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise TrainingError(f"cannot load teacher {name} from {path}: {str(e).splitlines()[0]}") from None
-    return teacher.to(device).eval().requires_grad_(False)
+        teacher.load_state_dict(adapt_state_dict(read_checkpoint(path), teacher), strict=True)
+    except CheckpointError as e:
+        raise TrainingError(f"cannot load teacher {name} ({num_classes} classes) from {path}: {e}") from None
+    return teacher
 
 
 def cpu_name() -> str:
@@ -347,7 +449,63 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, env: Di
     return {"loss": loss / n, "acc1": 100 * c1 / n, "acc5": 100 * c5 / n, "n": int(n)}
 
 
-@holds_run_lock
+def train_step(ddp_model: nn.Module, model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: torch.amp.GradScaler | None, recipe: Recipe, x: torch.Tensor, y: torch.Tensor,
+               amp: str) -> torch.Tensor:
+    """One optimisation step; returns the loss, left on the device (reading it would wait for the GPU)."""
+    with _autocast(x.device, amp):
+        loss = criterion(x, ddp_model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if recipe.clip_grad is not None:
+        dispatch_clip_grad(model.parameters(), recipe.clip_grad, mode=recipe.clip_mode)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.detach()
+
+
+def check_launch(settings: Settings) -> tuple[Dist, torch.device]:
+    """This process's rank and device, refusing before anything is written or started a batch that does not
+    split over the ranks and a GPU index under DDP."""
+    launched = launch_env()
+    recipe = settings.recipe
+    check_batch(settings.batch_size, launched.world, recipe.mixup > 0 or recipe.cutmix > 0)
+    return launched, pick_device(settings.config.device, launched)
+
+
+NONFINITE = (math.nan, math.inf, -math.inf)
+
+
+def agree(env: Dist, stop: bool, save: bool, bad_step: torch.Tensor, bad_loss: torch.Tensor
+          ) -> tuple[bool, bool, tuple[int, int, float] | None]:
+    """What every rank does next, in one collective every few steps (not one a step): stop if any rank was
+    asked to, save if rank 0's clock says a periodic checkpoint is due, fail if any rank's loss was not
+    finite, naming the first such (rank, step, loss). ``bad_step``: this rank's first such step, or -1."""
+    step, loss = torch.stack([bad_step, bad_loss]).tolist()  # the one wait for the device
+    slots = [0.0] * (2 * env.world)  # per rank: its first non-finite step + 1 and which value (1, 2, 3)
+    if step >= 0:
+        slots[2 * env.rank:2 * env.rank + 2] = [step + 1, 1 + [math.isnan(loss), loss > 0, loss < 0].index(True)]
+    flags = all_sum([float(stop), float(save and env.main), *slots], env)
+    bad = [(int(flags[2 + 2 * r]) - 1, r, NONFINITE[int(flags[3 + 2 * r]) - 1]) for r in range(env.world)
+           if flags[2 + 2 * r]]
+    first = min(bad) if bad else None
+    return flags[0] > 0, flags[1] > 0, (first[1], first[0], first[2]) if first else None
+
+
+def lost_peer_message(error: BaseException, env: Dist) -> str:
+    others = [r for r in range(env.world) if r != env.rank]
+    who = f"rank {others[0]}" if len(others) == 1 else f"one or more of ranks {others}"
+    return f"lost {who} (its process ended or its node failed): {str(error).strip().splitlines()[0][:300]}"
+
+
+@holds_run_lock(lambda: launch_env().main)
 def train(
         config: RunConfig,
         output: str | Path,
@@ -355,16 +513,20 @@ def train(
         should_stop: Callable[[], bool] | None = None,
         checkpoint_interval: float = 900.0,
         extra: dict | None = None,
+        sync_steps: int = 20,
 ) -> dict:
     """Run (or resume, or return the finished record of) one training run; returns its record.
 
     ``should_stop`` is polled after every step: when it returns True the run checkpoints mid-epoch and
-    raises ``Interrupted`` (``StopRequests`` wires SIGTERM/SIGUSR2 and a stop file to it).
+    raises ``Interrupted`` (``StopRequests`` wires SIGTERM/SIGUSR2 and a stop file to it). Under DDP the
+    ranks agree every ``sync_steps`` steps (and at each epoch's end) on stopping, on the periodic save and
+    on a non-finite loss: all of them stop at the same step.
     ``extra`` is merged into the record (what a table measures beside the training, e.g. its complexity).
     The run holds its folder's lock (``repnext.lock``) throughout; ``wait_for_lock=True`` waits for a holder.
     """
     paths = RunPaths(Path(output).expanduser())
     settings = config.resolve()
+    launched, device = check_launch(settings)
     try:
         paths.root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -377,20 +539,23 @@ def train(
         return record
     check_resumable(paths.checkpoint, config.run_id)
 
-    device = pick_device(config.device)
-    env = init_distributed(device)
+    env = init_distributed(device, launched)
     try:
         splits = build_dataset(settings.data, config.data_root, settings.img_size)
     except DatasetError as e:
         raise TrainingError(str(e)) from None
     seed_everything(sample_seed(settings.seed, env.rank))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
     model = create_student(settings, splits.num_classes).to(device)
     profile, recipe = settings.profile, settings.recipe
     channels_last = profile.channels_last
-    amp = profile.amp if device.type == "cuda" else "none"
+    amp = amp_dtype(profile.amp, torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     teacher = build_teacher(settings, splits, paths.root, device, progress) if config.distillation else None
+    if teacher is not None and channels_last:  # it sees the student's channels_last input
+        teacher = teacher.to(memory_format=torch.channels_last)
     train_loader, val_loader = build_loaders(settings, splits, env, model)
     if env.main:  # written once all of the above has been accepted: a failed start claims no folder
         write_json(paths.config, settings.as_dict())
@@ -411,7 +576,9 @@ def train(
     else:
         base_criterion = nn.CrossEntropyLoss()
     criterion = DistillationLoss(base_criterion, teacher, recipe.distill_alpha, "hard", recipe.distill_tau)
-    ddp_model = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+    ddp_model = model
+    if env.world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
 
     state = {"epoch": 0, "step": 0, "history": [], "best": None, "partial": [0.0, 0, 0],
              "train_time": 0.0, "train_samples": 0}
@@ -419,7 +586,7 @@ def train(
         try:
             ckpt = load_checkpoint(paths.checkpoint)
         except Exception as e:  # a foreign or truncated file: say which, touch nothing
-            raise TrainingError(f"cannot resume from {paths.checkpoint}: {str(e).splitlines()[0]}") from None
+            raise TrainingError(f"cannot resume from {paths.checkpoint}: {first_line(e)}") from None
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if ema is not None and ckpt.get("ema") is not None:
@@ -430,6 +597,9 @@ def train(
     n_parameters = count_params(model)
 
     def checkpoint(epoch: int, step: int, partial: list) -> None:
+        """Collective: a mid-epoch checkpoint holds the partial sums of all ranks."""
+        if step:
+            partial = all_sum(partial, env)
         if not env.main:
             return
         save_checkpoint(paths.checkpoint, {
@@ -442,89 +612,96 @@ def train(
         })
 
     last_save = time.monotonic()
-    for epoch in range(state["epoch"], recipe.epochs):
-        lr = set_epoch_lr(scheduler, recipe, epoch)
-        start_step = state["step"] if epoch == state["epoch"] else 0
-        loss_sum, steps, samples = state["partial"] if start_step else (0.0, 0, 0)
-        if hasattr(train_loader.sampler.base, "set_epoch"):
-            train_loader.sampler.base.set_epoch(epoch)
-        train_loader.sampler.start = start_step * train_loader.batch_size
-        train_loader.dataset.epoch = epoch
-        ddp_model.train()
-        t0 = time.perf_counter()
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
-                   disable=not (progress and env.main), initial=start_step,
-                   total=start_step + len(train_loader))
-        for step, (x, y) in enumerate(bar, start=start_step):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            if mixup is not None:
-                seed_everything(sample_seed(settings.seed, epoch, step, env.rank, 1))
-                x, y = mixup(x, y)
-            with _autocast(device, amp):
-                loss = criterion(x, ddp_model(x), y)
-            if not math.isfinite(loss.item()):
-                error = f"loss is {loss.item()} at epoch {epoch}, step {step} (lr {lr:.3g}); the run diverged"
-                if env.main:
-                    write_json(paths.record, {"status": "failed", "run_id": config.run_id, "error": error,
-                                              "epoch": epoch, "step": step})
-                raise TrainingError(error)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if recipe.clip_grad is not None:
-                dispatch_clip_grad(model.parameters(), recipe.clip_grad, mode=recipe.clip_mode)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            loss_sum, steps, samples = loss_sum + loss.item(), steps + 1, samples + x.shape[0]
-            bar.set_postfix(loss=f"{loss_sum / steps:.3f}", lr=f"{lr:.2e}")
-            stop = should_stop is not None and should_stop()
-            if env.world > 1:  # every rank stops at the same step, or the others hang in the next all-reduce
-                stop = all_sum([float(stop)], env)[0] > 0
-            if stop or time.monotonic() - last_save > checkpoint_interval:
-                state["train_time"] += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                checkpoint(epoch, step + 1, [loss_sum, steps, samples])
-                last_save = time.monotonic()
-                if stop:
-                    raise Interrupted(f"checkpointed at epoch {epoch}, step {step + 1}; run again to resume")
-        bar.close()
-        state["train_time"] += time.perf_counter() - t0
-        loss_sum, steps, samples = all_sum([loss_sum, steps, samples], env)
-        state["train_samples"] += int(samples)
-        if env.world > 1:  # every rank evaluates (and ends) with the same BatchNorm statistics
-            distribute_bn(model, env.world, reduce=recipe.dist_bn == "reduce")
-        metrics = evaluate(model, val_loader, device, env, amp, channels_last)
-        entry = {"train_lr": lr, "train_loss": loss_sum / max(steps, 1), "test_loss": metrics["loss"],
-                 "test_acc1": metrics["acc1"], "test_acc5": metrics["acc5"], "epoch": epoch,
-                 "n_parameters": n_parameters}
-        state["history"].append(entry)
-        if state["best"] is None or metrics["acc1"] > state["best"]["acc1"]:
-            state["best"] = {"acc1": metrics["acc1"], "acc5": metrics["acc5"], "epoch": epoch}
-        state["epoch"], state["step"] = epoch + 1, 0
-        checkpoint(epoch + 1, 0, [0.0, 0, 0])
-        last_save = time.monotonic()
-        if env.main:
-            write_log(paths.log, state["history"])
-            if progress:
-                tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: loss {entry['train_loss']:.4f}, "
-                           f"top-1 {metrics['acc1']:.2f}, top-5 {metrics['acc5']:.2f}, lr {lr:.2e}")
+    try:
+        for epoch in range(state["epoch"], recipe.epochs):
+            lr = set_epoch_lr(scheduler, recipe, epoch)
+            start_step = state["step"] if epoch == state["epoch"] else 0
+            # a mid-epoch checkpoint holds the global partial sums: rank 0 resumes with them, the others at zero
+            partial = state["partial"] if start_step and env.main else [0.0, 0, 0]
+            loss_sum = torch.tensor(float(partial[0]), dtype=torch.float64, device=device)
+            steps, samples = partial[1], partial[2]
+            bad_step = torch.tensor(-1.0, dtype=torch.float64, device=device)
+            bad_loss = torch.zeros_like(bad_step)
+            train_loader.sampler.set_epoch(epoch)
+            train_loader.sampler.start = start_step * train_loader.batch_size
+            ddp_model.train()
+            t0 = time.perf_counter()
+            last_step, stop = start_step + len(train_loader) - 1, False
+            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
+                       disable=not (progress and env.main), initial=start_step,
+                       total=start_step + len(train_loader))
+            for step, (x, y) in enumerate(bar, start=start_step):
+                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if mixup is not None:
+                    seed_everything(sample_seed(settings.seed, epoch, step, env.rank, 1))
+                    x, y = mixup(x, y)
+                loss = train_step(ddp_model, model, criterion, optimizer, scaler, recipe, x, y, amp).double()
+                if ema is not None:
+                    ema.update(model)
+                loss_sum += loss
+                steps, samples = steps + 1, samples + x.shape[0]
+                new_bad = (bad_step < 0) & ~torch.isfinite(loss)
+                bad_step, bad_loss = torch.where(new_bad, step, bad_step), torch.where(new_bad, loss, bad_loss)
+                stop = stop or (should_stop is not None and should_stop())
+                save = env.main and time.monotonic() - last_save > checkpoint_interval
+                if not ((env.world == 1 and (stop or save)) or (step + 1) % sync_steps == 0 or step == last_step):
+                    continue
+                stop, save, bad = agree(env, stop, save, bad_step, bad_loss)
+                if bad is not None:
+                    rank, bad_at, value = bad
+                    where = f" on rank {rank}" if env.world > 1 else ""
+                    error = f"loss is {value} at epoch {epoch}, step {bad_at}{where} (lr {lr:.3g}); the run diverged"
+                    if env.main:
+                        write_json(paths.record, {"status": "failed", "run_id": config.run_id, "error": error,
+                                                  "epoch": epoch, "step": bad_at, "rank": rank})
+                    raise TrainingError(error)
+                if not bar.disable:
+                    bar.set_postfix(loss=f"{loss_sum.item() / steps:.3f}", lr=f"{lr:.2e}")
+                if stop or save:
+                    state["train_time"] += time.perf_counter() - t0
+                    t0 = time.perf_counter()
+                    checkpoint(epoch, step + 1, [loss_sum.item(), steps, samples])
+                    last_save = time.monotonic()
+                    if stop:
+                        raise Interrupted(f"checkpointed at epoch {epoch}, step {step + 1}; run again to resume")
+            bar.close()
+            state["train_time"] += time.perf_counter() - t0
+            loss_total, steps, samples = all_sum([loss_sum.item(), steps, samples], env)
+            state["train_samples"] += int(samples)
+            if env.world > 1:  # every rank evaluates (and ends) with the same BatchNorm statistics
+                distribute_bn(model, env.world, reduce=recipe.dist_bn == "reduce")
+            metrics = evaluate(model, val_loader, device, env, amp, channels_last)
+            entry = {"train_lr": lr, "train_loss": loss_total / max(steps, 1), "test_loss": metrics["loss"],
+                     "test_acc1": metrics["acc1"], "test_acc5": metrics["acc5"], "epoch": epoch,
+                     "n_parameters": n_parameters}
+            state["history"].append(entry)
+            if state["best"] is None or metrics["acc1"] > state["best"]["acc1"]:
+                state["best"] = {"acc1": metrics["acc1"], "acc5": metrics["acc5"], "epoch": epoch}
+            state["epoch"], state["step"] = epoch + 1, 0
+            checkpoint(epoch + 1, 0, [0.0, 0, 0])
+            last_save = time.monotonic()
+            if env.main:
+                write_log(paths.log, state["history"])
+                if progress:
+                    tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: loss {entry['train_loss']:.4f}, "
+                               f"top-1 {metrics['acc1']:.2f}, top-5 {metrics['acc5']:.2f}, lr {lr:.2e}")
 
-    # the inference form must score exactly what the training form scores
-    t0 = time.perf_counter()
-    final = evaluate(model, val_loader, device, env, amp, channels_last)
-    eval_seconds = time.perf_counter() - t0
-    fused = inference_form(model)
-    fused_metrics = evaluate(fused, val_loader, device, env, amp, channels_last)
+        # the inference form must score exactly what the training form scores
+        t0 = time.perf_counter()
+        final = evaluate(model, val_loader, device, env, amp, channels_last)
+        eval_seconds = time.perf_counter() - t0
+        fused = inference_form(model)
+        fused_metrics = evaluate(fused, val_loader, device, env, amp, channels_last)
+    except RuntimeError as e:  # a collective failed: a peer is gone. Say so, and end this rank too
+        if isinstance(e, TrainingError) or env.world == 1 or not lost_peer(e):
+            raise
+        error = lost_peer_message(e, env)
+        if env.main:
+            write_json(paths.record, {"status": "failed", "run_id": config.run_id, "error": error,
+                                      "epoch": state["epoch"]})
+        raise TrainingError(error) from None
     record = {
         "status": "complete", "run_id": config.run_id, "model": config.model, "recipe": recipe.name,
         "profile": profile.name, "data": settings.data, "data_description": splits.description,
@@ -559,7 +736,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted by {signal.Signals(signum).name}: {e}", file=sys.stderr)
         return 128 + signum
     except (TrainingError, CheckpointError, RepnextError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        if launch_env().main or not getattr(e, "every_rank", False):
+            print(f"error: {e}", file=sys.stderr)
+        else:  # every rank found it: rank 0 says it once, before torchrun or srun ends the others
+            time.sleep(5)
         return 1
     finally:
         if dist.is_initialized():

@@ -2,10 +2,12 @@
 paper_tables/reference.csv, never typed here)."""
 import csv
 import io
+import json
 
 import pytest
 
-from repnext.complexity import count_macs, measure
+import repnext.complexity
+from repnext.complexity import Complexity, complexity, count_macs, counting_fingerprint, measure, measured_counts
 from repnext.models import REGISTERED_MODELS
 from repnext.models.__main__ import main, measure_rows, model_rows
 from repnext.reference import paper_value, paper_values
@@ -75,8 +77,12 @@ def test_macs_count_convolutions_exactly():
     assert count_macs(conv, (1, 3, 10, 10)) == 8 * 3 * 9 * 100
 
 
-def test_cli_prints_every_row_as_csv(capsys):
-    assert main(["--format", "csv", "--quiet"]) == 0
+def test_cli_prints_every_row_as_csv(capsys, rows, tmp_path):
+    assert main(["--format", "csv", "--quiet", "--counts", str(tmp_path / "models.json")]) == 0
+    # the exact counts behind the table, one per setting, as the runs read them
+    counts = measured_counts(tmp_path / "models.json")
+    assert set(counts.values()) == {r.measured for r in rows.values()} and len(counts) < len(rows)
+    assert counts[("repnext_m1", 1000, 224, "official")] == rows[("imagenet", "repnext_m1")].measured
     table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert len(table) == len(model_rows())
     m1 = next(r for r in table if r["table"] == "imagenet" and r["model"] == "repnext_m1")
@@ -89,3 +95,22 @@ def test_reference_values_are_well_formed():
     assert len({(v.table, v.model, v.metric) for v in values}) == len(values), "a fact typed twice"
     for v in values:
         assert v.source and float(v.text) >= 0
+
+
+def test_runs_read_the_measured_counts_and_count_what_is_not_there(tmp_path, monkeypatch):
+    fake = Complexity("repnext_m0", 1000, 224, "official", 1, 2, 3)  # impossible numbers: read, not counted
+    path, stale = tmp_path / "models.json", tmp_path / "stale.json"
+    path.write_text(json.dumps({"fingerprint": counting_fingerprint(), "counts": [fake.as_dict()]}))
+    stale.write_text(json.dumps({"fingerprint": "0" * 16, "counts": [fake.as_dict()]}))
+    assert measured_counts(path) == {("repnext_m0", 1000, 224, "official"): fake}
+    assert measured_counts(stale) == measured_counts(tmp_path / "missing.json") == {}  # other code: not trusted
+    monkeypatch.setattr(repnext.complexity, "measured_counts", lambda: measured_counts(path))
+    assert complexity("repnext_m0", 1000, 224, "official") == fake
+    assert complexity("repnext_m0", 100, 224, "official") == measure("repnext_m0", 100, 224, "official")
+
+
+def test_the_committed_counts_are_the_model_tables(rows):
+    counts = measured_counts()
+    if not counts:
+        pytest.skip("paper_tables/models.json was measured by other code or versions: `make models` renews it")
+    assert counts == {(c.model, c.num_classes, c.img_size, c.fuse_mode): c for c in (r.measured for r in rows.values())}

@@ -1,4 +1,7 @@
-"""The latency table: repnext.latency.measure_cell, the spec, the rendered table and Figure 1."""
+"""The latency table: repnext.latency (models timed side by side), the spec, the runner's one job, the rendered
+table and Figure 1."""
+import dataclasses
+import statistics
 import sys
 
 import pytest
@@ -6,11 +9,13 @@ import timm
 import torch
 
 from ablations.figures import FIGURES, latency_accuracy, latency_accuracy_frame
-from ablations.render import METRICS
+from ablations.records import METRICS
 from ablations.run import main
+from ablations.runner import job_tasks
 from ablations.spec import load_spec
+from repnext.bench import fused_form, gpu_throughput, largest_batch
 from repnext.config import RunConfig
-from repnext.latency import cpu_forms, fused_form, gpu_throughput, largest_batch, measure_cell
+from repnext.latency import cpu_forms, measure_cell, measure_side_by_side
 from repnext.profiles import for_profile
 from repnext.reference import paper_value
 from repnext.results import read_json, write_json
@@ -69,6 +74,65 @@ def test_measure_cell_writes_a_complete_record_with_every_field(m0_record):
     assert METRICS["latency_train_ms"].value(record) == cpu["forms"]["train"]["latency_ms"]
     assert METRICS["backbone_latency_ms"].value(record) == backbone["latency_ms"]
     assert METRICS["gpu_throughput_img_s"].value(record) == (record["gpu"]["images_per_second"] if CUDA else None)
+    # timed alone: nothing to pair with
+    assert record["side_by_side"] == [config.run_id] and cpu["measured_with"] == []
+    assert cpu["paired_speedup"] == {"latency": {}, "throughput": {}} and backbone["paired_speedup"] == {}
+
+
+def test_models_are_timed_side_by_side_and_keep_their_paired_ratios(tmp_path):
+    names = ["repnext_m0", "repvit_m0_6", "convnext_femto"]
+    runs = [{"config": {"model": n, "profile": "smoke"}, "output": str(tmp_path / n)} for n in names]
+    records = measure_side_by_side(runs, rounds=3, latency_iters=1, throughput_batch=2, img_size=64,
+                                   backbone_img_size=64, backbone_models=names[:2])
+    ids = [RunConfig(model=n, profile="smoke").run_id for n in names]
+    for name, record in zip(names, records):
+        assert read_json(tmp_path / name / "record.json") == record and record["model"] == name
+        assert record["side_by_side"] == ids and record["cpu"]["measured_with"] == [n for n in names if n != name]
+        for form in record["cpu"]["forms"].values():  # every form, every round: any ratio can be recomputed
+            assert len(form["latency_round_s"]) == len(form["throughput_round_s"]) == 3
+    cpu = {r["model"]: r["cpu"] for r in records}
+    for task in ("latency", "throughput"):
+        timings = {n: c["forms"][c["fused_form"]][f"{task}_round_s"] for n, c in cpu.items()}
+        for a in names:
+            for b in (n for n in names if n != a):
+                ratio = cpu[a]["paired_speedup"][task][b]
+                assert ratio == statistics.median(tb / ta for ta, tb in zip(timings[a], timings[b]))
+                # the median of an odd number of same-round ratios: a over b is exactly 1 / (b over a)
+                assert ratio * cpu[b]["paired_speedup"][task][a] == pytest.approx(1)
+    backbones = {r["model"]: r["backbone"] for r in records}
+    assert backbones["convnext_femto"] is None and set(backbones["repnext_m0"]["paired_speedup"]) == {"repvit_m0_6"}
+
+
+def test_side_by_side_refuses_a_model_twice_or_two_profiles(tmp_path):
+    for second in ({"model": "repnext_m0", "profile": "smoke"}, {"model": "repvit_m0_6", "profile": "full"}):
+        runs = [{"config": {"model": "repnext_m0", "profile": "smoke"}, "output": str(tmp_path / "a")},
+                {"config": second, "output": str(tmp_path / "b")}]
+        with pytest.raises(ValueError, match="distinct models of one profile"):
+            measure_side_by_side(runs)
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_runner_gives_an_exclusive_table_one_job(spec, tmp_path):
+    runs = spec.expand("smoke")
+    assert spec.exclusive and not load_spec("downsample").exclusive
+    [(group, task)] = job_tasks(spec, runs, tmp_path)
+    assert group == runs and task.parameters["side_by_side"] == [
+        {"config": dataclasses.asdict(r.config), "output": str(r.folder(tmp_path))} for r in runs]
+    assert task.executed == str(runs[0].folder(tmp_path) / "run.ipynb")
+    downsample = load_spec("downsample").expand("smoke")
+    assert [g for g, _ in job_tasks(load_spec("downsample"), downsample, tmp_path)] == [[r] for r in downsample]
+
+
+def test_an_exclusive_table_is_timed_again_whole_when_a_run_is_missing(spec, tmp_path, capsys):
+    results = tmp_path / "results"
+    runs = spec.expand("smoke")
+    for run in runs[1:]:
+        write_json(run.folder(results) / "record.json", {"status": "complete"})
+    argv = ["--table", "latency", "--cluster", "local", "--profile", "smoke", "--results", str(results), "--dry-run"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "latency: 13 runs, 12 complete, 13 to run" in out
+    assert sum(line.strip().startswith("todo") for line in out.splitlines()) == 13
 
 
 def test_baselines_have_train_and_fused_forms_only(tmp_path):
@@ -115,7 +179,7 @@ def test_parameters_pick_by_profile():
 
 def test_gpu_throughput_method_without_a_gpu(monkeypatch):
     """The papers' loop (batch search, warm-up, synchronised timing) with CUDA's calls stubbed, on the CPU."""
-    import repnext.latency as latency
+    import repnext.bench as bench
 
     class Small(torch.nn.Module):  # "runs out of memory" above batch 8
         def forward(self, x):
@@ -124,7 +188,7 @@ def test_gpu_throughput_method_without_a_gpu(monkeypatch):
             return x.mean((2, 3))
 
     built = []
-    monkeypatch.setattr(latency, "build_form", lambda *a, **k: built.append((a, k)) or Small())
+    monkeypatch.setattr(bench, "build_form", lambda *a, **k: built.append((a, k)) or Small())
     for fn in ("synchronize", "empty_cache"):
         monkeypatch.setattr(torch.cuda, fn, lambda *a: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Stub GPU")
@@ -192,12 +256,17 @@ def test_figure_takes_our_top1_from_the_imagenet_table_only_when_trained_on_imag
 @pytest.mark.slow
 def test_latency_table_renders_through_the_runner(tmp_path):
     out = tmp_path / "tables"
-    argv = ["--table", "latency", "--cluster", "local", "--profile", "smoke", "--only", "repnext_m0",
+    argv = ["--table", "latency", "--cluster", "local", "--profile", "smoke", "--only", "repnext_m[01]",
             "--results", str(tmp_path / "results"), "--tables-dir", str(out), "--no-progress"]
     assert main(argv) == 0
-    run = load_spec("latency").expand("smoke", only="repnext_m0")[0]
+    run, m1 = load_spec("latency").expand("smoke", only="repnext_m[01]")
     record = read_json(run.folder(tmp_path / "results") / "record.json")
     assert record["status"] == "complete" and (run.folder(tmp_path / "results") / "run.ipynb").is_file()
+    # one job timed both, side by side: one submission, both records name both runs and pair them
+    assert len(list((tmp_path / "results" / ".submitit").rglob("*_submitted.pkl"))) == 1
+    m1_record = read_json(m1.folder(tmp_path / "results") / "record.json")
+    assert record["side_by_side"] == m1_record["side_by_side"] == [run.run_id, m1.run_id]
+    assert set(record["cpu"]["paired_speedup"]["latency"]) == {"repnext_m1"}
     md = (out / "latency.md").read_text()
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
             for line in md.splitlines() if line.startswith("| Rep") or line.startswith("| Conv")}
@@ -212,6 +281,8 @@ def test_latency_table_renders_through_the_runner(tmp_path):
         "0.62", f"{cpu['single_branch']['latency_ms']:.2f}")
     assert m0["CPU throughput, fused (img/s) ours"] == f"{cpu['full']['throughput_img_s']:.0f}"
     assert m0["Backbone 512x512 (ms) ours"] == "—"  # M0 is no detection backbone in the papers
+    m1_cpu = m1_record["cpu"]["forms"]["full"]
+    assert dict(zip(header, rows["RepNeXt-M1"]))["Latency, fused (ms) ours"] == f"{m1_cpu['latency_ms']:.2f}"
     m3 = dict(zip(header, rows["RepNeXt-M3"]))
     assert (m3["Backbone 512x512 (ms) paper"], m3["Latency, fused (ms) ours"]) == ("5.1", "—")  # not run yet
     m15 = dict(zip(header, rows["RepViT-M1.5"]))  # a baseline: the RepViT paper's values (Tables 1 and 2)

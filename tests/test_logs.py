@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from repnext.config import RunConfig
-from repnext.logs import main
 from repnext.reference import paper_value
+from repnext.results import main
 
 LOGS = Path(__file__).parent / "data" / "official_logs"
 STARNET = "repnext_m0_sz224_4xbs512_ep300_summary.csv"
@@ -112,8 +112,8 @@ def test_the_lr_the_log_shows_is_the_recipe_batch(store):
 def test_printed_line(tmp_path, capsys):
     assert main(["import", str(LOGS / STARNET), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"imagenet_starnet {cell(STARNET).run_id}: best top-1 73.76 / top-5 91.63 (epoch 305), "
-                   f"310 epochs <- {STARNET}"]
+    assert out == [f"imported imagenet_starnet/{cell(STARNET).run_id}: repnext_m0, starnet recipe, imagenet, 310 "
+                   f"epochs, not distilled, batch 2048: best top-1 73.76 / top-5 91.63 (epoch 305) <- {STARNET}"]
 
 
 def test_reimport_is_idempotent(tmp_path):
@@ -202,9 +202,9 @@ def test_uninferable_name_needs_flags(tmp_path, capsys):
 
 
 def test_summary_without_its_args_yaml(tmp_path, capsys):
-    """Without args.yaml the name still gives model, epochs (ep300 + 10 cooldown) and batch (4xbs512), not
-    whether the run distilled."""
-    summary = tmp_path / STARNET
+    """Without args.yaml the name of a file outside the published set still gives model, epochs (ep300 + 10
+    cooldown) and batch (4xbs512), not whether the run distilled."""
+    summary = tmp_path / STARNET.replace("_summary", "_rerun_summary")
     shutil.copy(LOGS / STARNET, summary)
     assert main(["import", str(summary), "--results", str(tmp_path / "r")]) == 1
     assert "--no-distillation" in one_error(capsys)
@@ -237,11 +237,12 @@ def test_truncated_log_names_the_epochs_flag(tmp_path, capsys):
 def test_command_line_module(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     name = "repnext_m0_without_distill_300e.txt"
-    done = subprocess.run([sys.executable, "-m", "repnext.logs", "import", str(LOGS / name), "--results",
+    done = subprocess.run([sys.executable, "-m", "repnext.results", "import", str(LOGS / name), "--results",
                            str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"imagenet {cell(name).run_id}: best top-1 72.56 / top-5 91.04 (epoch 294)")
+    assert done.stdout.startswith(f"imported imagenet/{cell(name).run_id}: repnext_m0, repvit recipe, imagenet, "
+                                  "300 epochs, not distilled, batch 2048: best top-1 72.56 / top-5 91.04 (epoch 294)")
     assert (run_folder(tmp_path, name) / "record.json").is_file()
-    bad = subprocess.run([sys.executable, "-m", "repnext.logs", "import", str(tmp_path / "nope.txt")],
+    bad = subprocess.run([sys.executable, "-m", "repnext.results", "import", str(tmp_path / "nope.txt")],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.txt'}: no such file"]

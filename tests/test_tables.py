@@ -8,8 +8,8 @@ import pytest
 from ablations.render import index_entry, render_index, table_frame
 from ablations.run import main
 from ablations.spec import load_spec
-from repnext import logs
 from repnext.experiment import PAPER_NUM_CLASSES
+from repnext.results import main as import_logs
 from repnext.results import write_json
 
 LOGS = Path(__file__).parent / "data" / "official_logs"
@@ -39,7 +39,7 @@ def imported(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     files = [LOGS / "repnext_m0_distill_300e.txt", LOGS / "repnext_m0_without_distill_300e.txt",
              LOGS / "repnext_m0_cifar_100e.txt", LOGS / "repnext_m0_sz224_4xbs512_ep300_summary.csv"]
-    assert logs.main(["import", *map(str, files), "--results", str(results)]) == 0
+    assert import_logs(["import", *map(str, files), "--results", str(results)]) == 0
     return results
 
 

@@ -1,4 +1,5 @@
-"""The engine: losses, resume after SIGKILL and SIGTERM, divergence, bad input, DDP on the CPU."""
+"""The engine: losses, resume after SIGKILL and SIGTERM, divergence, bad input, DDP on the CPU (gloo, under
+torchrun and under SLURM's variables), and the GPU paths' decisions that need no GPU."""
 import dataclasses
 import json
 import os
@@ -14,9 +15,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import repnext.train as engine
 from repnext.config import RunConfig
+from repnext.data import build_dataset
 from repnext.results import load_checkpoint
-from repnext.train import DistillationLoss, Interrupted, TrainingError, build_scheduler, set_epoch_lr, train
+from repnext.train import (
+    Dist,
+    DistillationLoss,
+    Interrupted,
+    TrainingError,
+    amp_dtype,
+    backend_for,
+    build_loaders,
+    build_scheduler,
+    build_teacher,
+    check_batch,
+    device_for,
+    evaluate,
+    first_host,
+    launch_env,
+    load_teacher,
+    set_epoch_lr,
+    slurm_rendezvous,
+    train,
+)
 
 DATA = Path(__file__).parent / "data"
 TINY = dict(embed_dim=(8, 16, 32, 64), depth=(1, 1, 1, 1))
@@ -260,3 +282,167 @@ def test_smoke_run_learns_real_digits(tmp_path):
                    progress=False)
     assert record["best"]["acc1"] >= 80.0  # 3 epochs at batch 64: 83.6 % here (10 epochs at batch 32: 94.4 %)
     assert record["fused"]["acc1"] == record["final"]["acc1"]
+
+
+# --- ranks, devices, batch: the decisions of a GPU job, checked without one ---------------------------------
+
+TORCHRUN = {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}
+SRUN = {"SLURM_PROCID": "11", "SLURM_NTASKS": "16", "SLURM_STEP_NUM_TASKS": "16", "SLURM_LOCALID": "3",
+        "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "123456"}
+
+
+def test_each_rank_finds_itself_from_torchrun_or_slurm():
+    assert launch_env(TORCHRUN) == Dist(5, 8, 1)
+    assert launch_env({**SRUN, **TORCHRUN}) == Dist(5, 8, 1)  # torchrun (or submitit's export) first
+    assert launch_env(SRUN) == Dist(11, 16, 3)  # a plain `srun -n 16`: not 16 world-1 runs
+    batch_script = {k: v for k, v in SRUN.items() if k != "SLURM_STEP_NUM_TASKS"}
+    assert launch_env(batch_script) == Dist()  # the batch script itself (one process) is no rank of a group
+    assert launch_env({}) == Dist()
+    assert [first_host(n) for n in ("gpu[07-08]", "gpu[03-05,7],cpu1", "a1,b2", "node9")] == \
+        ["gpu07", "gpu03", "a1", "node9"]
+    assert slurm_rendezvous(SRUN) == ("gpu07", str(20000 + 123456 % 20000))
+
+
+def test_each_rank_runs_on_its_own_gpu():
+    assert device_for("auto", launch_env(TORCHRUN), cuda_devices=8) == "cuda:1"
+    assert device_for("cuda", launch_env(SRUN), cuda_devices=8) == "cuda:3"  # SLURM_LOCALID
+    assert device_for("auto", launch_env(SRUN), cuda_devices=1) == "cuda:0"  # SLURM bound one GPU per task
+    assert device_for("cuda:2", Dist(), cuda_devices=8) == "cuda:2"  # one process: the GPU asked for
+    assert device_for("auto", launch_env(TORCHRUN), cuda_devices=0) == "cpu"
+    assert device_for("cpu", launch_env(TORCHRUN), cuda_devices=8) == "cpu"
+    with pytest.raises(TrainingError, match=r"--device cuda:2 with 8 processes.*cuda:LOCAL_RANK.*--device cuda"):
+        device_for("cuda:2", launch_env(TORCHRUN), cuda_devices=8)
+    with pytest.raises(TrainingError, match="CUDA is not available"):
+        device_for("cuda", Dist(), cuda_devices=0)
+
+
+def test_amp_dtype_follows_the_compute_capability():
+    assert amp_dtype("bfloat16", (7, 0)) == "float16"  # V100: bf16 is emulated; fp16 + GradScaler
+    assert amp_dtype("bfloat16", (7, 5)) == "float16"
+    assert amp_dtype("bfloat16", (8, 0)) == "bfloat16"  # A100 and later
+    assert amp_dtype("bfloat16", (9, 0)) == "bfloat16"
+    assert amp_dtype("float16", (9, 0)) == "float16"
+    assert amp_dtype("none", (9, 0)) == "none"
+    assert amp_dtype("bfloat16", None) == "none"  # the CPU trains in float32
+
+
+def test_backend_serves_host_and_device_tensors():
+    assert backend_for(torch.device("cuda", 3)) == "cpu:gloo,cuda:nccl"
+    assert backend_for(torch.device("cpu")) == "gloo"
+
+
+def test_batch_must_split_evenly_over_the_ranks():
+    assert check_batch(2048, 8, mixup=True) == 256
+    assert check_batch(1024, 16, mixup=True) == 64
+    assert check_batch(63, 7, mixup=False) == 9
+    with pytest.raises(TrainingError, match=r"--batch-size 2048 .* 24 processes .* nearest valid: 2016 or 2064"):
+        check_batch(2048, 24, mixup=True)  # 85 per GPU: mixup's pairs would fail at step 1
+    with pytest.raises(TrainingError, match=r"--batch-size 64 .* 3 processes .* nearest valid: 60 or 66"):
+        check_batch(64, 3, mixup=True)
+    with pytest.raises(TrainingError, match=r"nearest valid: 8$"):
+        check_batch(4, 8, mixup=False)
+
+
+@pytest.mark.parametrize("rank", ["0", "1"])
+def test_a_batch_that_does_not_split_stops_every_rank_before_anything_is_written(tmp_path, rank):
+    """As each rank of ``torchrun --nproc_per_node 3`` sees it (the check runs before the process group)."""
+    env = {**ENV, "WORLD_SIZE": "3", "RANK": rank, "LOCAL_RANK": rank}
+    proc = subprocess.run(cli("--model", "repnext_m0", "--profile", "smoke", "--data", "digits", "--batch-size",
+                              "64", "--output", str(tmp_path / "X")), env=env, capture_output=True, text=True)
+    assert proc.returncode == 1
+    if rank == "0":  # one line, from rank 0 only
+        assert proc.stderr.strip().count("\n") == 0 and "64" in proc.stderr and "3 processes" in proc.stderr
+    else:
+        assert proc.stderr == ""
+    assert not (tmp_path / "X").exists()
+
+
+def test_workers_get_the_epoch_without_the_dataset_changing(uninterrupted, tmp_path):
+    """Persistent loader workers keep their copy of the dataset: the epoch that seeds augmentation must come
+    with each index. Same log with two persistent workers as in the main process."""
+    config = dataclasses.replace(SMALL, workers=2)
+    train(config, tmp_path, progress=False)
+    same_run(*uninterrupted, tmp_path)
+
+
+# --- the distillation teacher ---------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_teacher_scores_what_it_scored_when_trained(tmp_path, monkeypatch):
+    """The teacher a distilled run uses carries every trained weight, its 4-class classifier included."""
+    teacher_cfg = RunConfig(model="resnet10t", data="synthetic", epochs=1, batch_size=8, img_size=32)
+    trained = train(teacher_cfg, tmp_path / "teacher", progress=False)
+    checkpoint = tmp_path / "teacher" / "checkpoint.pth"
+    student = RunConfig(model="repnext_m0", data="synthetic", epochs=1, batch_size=8, img_size=32,
+                        distillation=True, teacher_checkpoint=str(checkpoint))
+    used = []
+
+    def build_and_keep(*args, **kwargs):
+        used.append(build_teacher(*args, **kwargs))
+        return used[-1]
+
+    monkeypatch.setattr(engine, "build_teacher", build_and_keep)
+    train(student, tmp_path / "student", progress=False)
+    (teacher,) = used
+    assert torch.equal(teacher.fc.weight, load_checkpoint(checkpoint)["model"]["fc.weight"])
+    s = student.resolve()
+    splits = build_dataset(s.data, None, s.img_size)
+    _, val = build_loaders(s, splits, Dist(), teacher)
+    scored = evaluate(teacher, val, torch.device("cpu"), Dist(), channels_last=True)
+    assert scored["acc1"] == trained["final"]["acc1"]
+    assert scored["loss"] == pytest.approx(trained["final"]["loss"], rel=1e-5)
+    with pytest.raises(TrainingError, match=r"cannot load teacher resnet10t \(10 classes\).*fc.weight \(4, 512\)"):
+        load_teacher("resnet10t", checkpoint, 10)  # strictly: no silent fresh head
+
+
+# --- DDP on the CPU: agreement, resume, failure ---------------------------------------------------------------
+
+WORKER = Path(__file__).parent / "ddp_worker.py"
+
+
+def torchrun(out: Path, dump: Path, mode: str, port: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           str(port), str(WORKER), str(out), str(dump), mode],
+                          env=ENV, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_ddp_resume_is_exact_train_loss_included(tmp_path):
+    """Stopped mid-epoch at rank 1's request only, the two ranks agree, checkpoint the global partial sums and
+    resume to the uninterrupted log (train_loss included)."""
+    proc = torchrun(tmp_path / "run", tmp_path, "resume", 29541)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "resume_rank0.json").read_text())
+    assert "epoch 1, step 2" in result["stopped"]
+    assert result["log_b"] == result["log_a"] and result["same_final"]
+
+
+@pytest.mark.slow
+def test_ddp_nan_on_one_rank_stops_every_rank_at_the_same_step(tmp_path):
+    proc = torchrun(tmp_path / "run", tmp_path, "nan", 29543)
+    assert proc.returncode != 0
+    errors = [json.loads((tmp_path / f"error_rank{r}.json").read_text()) for r in (0, 1)]
+    assert errors[0] == errors[1] and "loss is nan at epoch 0, step 2 on rank 1" in errors[0]
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == "failed" and (record["epoch"], record["step"], record["rank"]) == (0, 2, 1)
+
+
+@pytest.mark.slow
+def test_srun_without_torchrun_forms_one_job_and_a_lost_rank_fails_it(tmp_path):
+    """Two plain processes with only SLURM's variables (``srun -n 2 python ...``) form one DDP job; when
+    rank 1 dies, rank 0 does not hang: it writes a failed record naming the lost rank and exits non-zero."""
+    base = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                         "MASTER_PORT")}
+    base.update(SLURM_NTASKS="2", SLURM_STEP_NUM_TASKS="2", SLURM_JOB_NODELIST="localhost", SLURM_JOB_ID="4817")
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(tmp_path / "run"), str(tmp_path), "die"],
+                              env={**base, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    t0 = time.monotonic()
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert time.monotonic() - t0 < 240
+    assert procs[1].returncode == 3 and procs[0].returncode == 1, outs[0][1][-3000:]
+    assert "lost rank 1" in json.loads((tmp_path / "error_rank0.json").read_text())
+    record = json.loads((tmp_path / "run" / "record.json").read_text())
+    assert record["status"] == "failed" and "lost rank 1" in record["error"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["run_id"]  # written once, by rank 0 of the one job

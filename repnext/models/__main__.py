@@ -2,6 +2,8 @@
 
 Params are counted in the training form and in the fused form (``reparameterize_model``); MACs are the
 fused form's at 224x224, the paper's convention. The paper's numbers come from paper_tables/reference.csv.
+``--counts`` also writes the exact counts (JSON, with ``counting_fingerprint``): the runs of the tables read
+them there instead of counting again (``repnext.complexity.complexity``).
 """
 from __future__ import annotations
 
@@ -9,13 +11,14 @@ import argparse
 import csv
 import functools
 import io
+import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..complexity import TABLE_FUSE_MODE, TABLE_NUM_CLASSES, Complexity, measure
+from ..complexity import TABLE_FUSE_MODE, TABLE_NUM_CLASSES, Complexity, counting_fingerprint, measure
 from ..files import atomic_write_text
 from ..reference import PaperValue, paper_values
 from . import REGISTERED_MODELS
@@ -104,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repnext.models", description=__doc__.splitlines()[0])
     parser.add_argument("--format", choices=("md", "csv"), default="md")
     parser.add_argument("--output", type=Path, help="also write the table to this file (atomically)")
+    parser.add_argument("--counts", type=Path, help="also write the exact counts as JSON (paper_tables/models.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     rows = measure_rows(model_rows(), progress=not args.quiet)
@@ -131,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                 + ("\n" if notes else "")
             )
         atomic_write_text(args.output, text)
+    if args.counts:
+        counts = list({r.measured: None for r in rows})  # one per setting: tables share models
+        atomic_write_text(args.counts, json.dumps({"fingerprint": counting_fingerprint(),
+                                                   "counts": [c.as_dict() for c in counts]}, indent=1) + "\n")
     return 0
 
 

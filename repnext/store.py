@@ -1,0 +1,89 @@
+"""The results store: one folder per run, files written atomically (see DESIGN.md).
+
+    <run>/config.json  <run>/log.txt  <run>/record.json  <run>/checkpoint.pth  <run>/run.ipynb
+
+A run without record.json is unfinished (its checkpoint resumes it); a record's ``status`` is
+``complete`` or ``failed``. Importing this module does not import torch.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import StoreError
+from .files import atomic_write, atomic_write_text
+
+DEFAULT_RESULTS = Path(os.environ.get("REPNEXT_RESULTS", "results"))
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "log.txt"
+
+    @property
+    def record(self) -> Path:
+        return self.root / "record.json"
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.root / "checkpoint.pth"
+
+    @property
+    def notebook(self) -> Path:
+        return self.root / "run.ipynb"
+
+    @property
+    def stop(self) -> Path:
+        """Touched by a job's controller to ask the running training for a checkpoint (preemption)."""
+        return self.root / "stop.request"
+
+
+def write_json(path: Path, obj: object) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, None when there is no such file; a file that is not JSON raises naming it."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a JSON file; move it away")
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path} is not valid JSON ({e}); fix or delete it") from None
+    if not isinstance(obj, dict):
+        raise StoreError(f"{path} holds a JSON {type(obj).__name__}, not an object; fix or delete it")
+    return obj
+
+
+def log_text(history: list[dict]) -> str:
+    """log.txt in the DeiT/RepNeXt schema: one JSON object per epoch."""
+    return "".join(json.dumps(entry) + "\n" for entry in history)
+
+
+def write_log(path: Path, history: list[dict]) -> Path:
+    return atomic_write_text(path, log_text(history))
+
+
+def save_checkpoint(path: Path, state: dict) -> Path:
+    """torch.save through ``atomic_write``: a crash leaves the previous checkpoint intact."""
+    import torch  # here, not at the top: the job process and the runner read the store without torch
+
+    return atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path) -> dict:
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True)
