@@ -49,9 +49,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as e:
+        # torch.save on a full disk says "[enforce fail ...] unexpected pos": free space is read before the
+        # partial file is removed, while the disk is still full
+        failure = write_failure(path, e) if isinstance(e, (OSError, RuntimeError)) else None
         Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError)):  # torch.save on a full disk: "[enforce fail ...] unexpected pos"
-            raise write_failure(path, e) from None
+        if failure is not None:
+            raise failure from None
         raise
     _fsync_dir(path.parent)  # the rename itself survives a crash
     return path
