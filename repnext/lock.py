@@ -49,15 +49,15 @@ class RunLock:
             self.fd = None
 
 
-def holds_run_lock(is_main: Callable[[], bool]) -> Callable[[Callable], Callable]:
-    """Run ``fn(config, output, ...)`` holding ``output``'s lock; under DDP the process for which ``is_main()``
-    is true holds it for all ranks. ``wait_for_lock=True`` waits for the holder instead of refusing (runs
-    sharing one teacher)."""
+def holds_run_lock(is_main: Callable[[], bool], check: Callable[[object], object]) -> Callable[[Callable], Callable]:
+    """Run ``fn(config, output, ...)`` holding ``output``'s lock, once ``check(config)`` has passed (before the
+    folder is created); under DDP the process for which ``is_main()`` is true holds it for all ranks.
+    ``wait_for_lock=True`` waits for the holder instead of refusing (runs sharing one teacher)."""
 
     def decorate(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(config, output, *args, wait_for_lock: bool = False, **kwargs):
-            config.resolve()  # a bad value is refused before the folder is created
+            check(config)
             if not is_main():
                 return fn(config, output, *args, **kwargs)
             folder = Path(output).expanduser()

@@ -505,7 +505,7 @@ def lost_peer_message(error: BaseException, env: Dist) -> str:
     return f"lost {who} (its process ended or its node failed): {str(error).strip().splitlines()[0][:300]}"
 
 
-@holds_run_lock(lambda: launch_env().main)
+@holds_run_lock(lambda: launch_env().main, lambda config: check_launch(config.resolve()))
 def train(
         config: RunConfig,
         output: str | Path,
