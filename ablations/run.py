@@ -26,7 +26,7 @@ from ablations.spec import SpecError, available_tables, load_spec
 from repnext.dense.protocol import TASKS as DENSE_TASKS
 from repnext.dense.protocol import get_protocol
 from repnext.profiles import PROFILES, get_profile
-from repnext.results import DEFAULT_RESULTS
+from repnext.store import DEFAULT_RESULTS
 
 DEFAULT_SLURM_PROFILE = {"smoke": "local", "full": "gpu"}
 
