@@ -111,6 +111,12 @@ def _outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
     return Outcome(run, "failed", tail, notebook if notebook.exists() else None, log)
 
 
+def _note_signal(signum: int, frame) -> None:
+    if _received:  # a second one: stop waiting for the jobs now (the debug cluster runs them in this process)
+        raise KeyboardInterrupt
+    _received.append(signum)
+
+
 def stops_jobs_on_signals(fn):
     """While ``fn`` runs, SIGINT/SIGTERM are noted (in ``_received``) for its loop to stop the jobs, not raised."""
 
@@ -119,7 +125,7 @@ def stops_jobs_on_signals(fn):
         if threading.current_thread() is not threading.main_thread():
             return fn(*args, **kwargs)
         _received.clear()
-        handlers = {sig: signal.signal(sig, lambda signum, frame: _received.append(signum)) for sig in STOP_SIGNALS}
+        handlers = {sig: signal.signal(sig, _note_signal) for sig in STOP_SIGNALS}
         try:
             return fn(*args, **kwargs)
         finally:
