@@ -182,8 +182,11 @@ def test_forward_fx(name, form):
     with torch.inference_mode():
         x = torch.randn(1, 3, SIZE, SIZE)
         out = model(x)
-        fx_out = outputs(fx_model(model)(x))
+        traced = fx_model(model)
+        fx_out = outputs(traced(x))
     assert torch.equal(fx_out, out)
+    # traced without autograd, still no in-place op baked into the graph (may_overwrite sees the Proxy)
+    assert not {str(n.target) for n in traced.graph.nodes} & {"add_", "aten.gelu_"}
     assert out.shape == (1, 1000) and not out.isnan().any()
 
 
