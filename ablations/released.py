@@ -37,8 +37,8 @@ def released_runs(runs: list[Run], profile: str, results: Path, checkpoints: Pat
         found = {i: p for i, p in wanted.items() if p.is_file() and complete_record(source[i], results)}
         where = f"not trained yet by the {SOURCE_TABLE} table (run --table {SOURCE_TABLE} first)"
     else:
-        if checkpoints is None:
-            raise ValueError("the released table's full profile evaluates the release files: pass --checkpoints DIR")
+        if checkpoints is None:  # rendering only (run.py asks for --checkpoints before submitting): the releases
+            return [run for run in runs if release_file(run.config.model, run.config.recipe, run.config.distillation)]
         wanted = _release_checkpoints(runs, checkpoints)
         found = {i: p for i, p in wanted.items() if p.is_file()}
         where = f"not in {checkpoints}"

@@ -43,3 +43,9 @@ def test_full_profile_without_checkpoints_is_one_line(tmp_path, capsys):
     assert "pass --checkpoints DIR" in err and len(err.splitlines()) == 1
     assert main([*argv, "--checkpoints", str(tmp_path / "nope")]) == 2
     assert "--checkpoints" in capsys.readouterr().err
+
+
+def test_rendering_without_checkpoints_keeps_the_cells_that_have_a_release(tmp_path, capsys):
+    kept = released_runs(load_spec("released").expand("full"), "full", tmp_path, None)
+    assert len(kept) == 12 and all("checkpoint" not in r.parameters for r in kept)  # 6 + 3 + 3 releases
+    assert capsys.readouterr().out == ""
