@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ablations import PAPER_TABLES
 from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_profile, make_executor, slurm_parameters
+from ablations.released import released_runs
 from ablations.render import index_entry, render_index, render_table
 from ablations.runner import execute, failure_report, pending_runs
 from ablations.spec import SpecError, available_tables, load_spec
@@ -47,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="the results store (env REPNEXT_RESULTS)")
     p.add_argument("--data-root", help="dataset folder for the full profile (ImageNet train/ val/, CIFAR-100)")
     p.add_argument("--teacher-checkpoint", help="distillation teacher weights for the full profile")
+    p.add_argument("--checkpoints", type=Path, help="the released table's full profile: folder of the release files")
     p.add_argument("--tables-dir", type=Path, default=PAPER_TABLES, help="where the rendered tables go")
     p.add_argument("--dry-run", action="store_true", help="print the runs and executor parameters; submit nothing")
     p.add_argument("--render-only", action="store_true",
@@ -84,6 +86,8 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"--max-parallel must be at least 1, got {args.max_parallel}")
     if args.tasks_per_node is not None and args.tasks_per_node < 1:
         raise UsageError(f"--tasks-per-node must be at least 1, got {args.tasks_per_node}")
+    if args.checkpoints is not None and not args.checkpoints.expanduser().is_dir():
+        raise UsageError(f"--checkpoints {args.checkpoints} does not exist or is not a directory")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         names = available_tables() if args.table == "all" else args.table.split(",")
         specs = [load_spec(name) for name in names]
+        if ("released" in names and args.checkpoints is None and not get_profile(args.profile).substitute_data
+                and not args.render_only):
+            raise UsageError("the released table's full profile evaluates the release files: pass --checkpoints DIR")
         slurm = None
         if args.cluster == "slurm":
             slurm = get_slurm_profile(args.slurm_profile or DEFAULT_SLURM_PROFILE[args.profile]).replace(
@@ -120,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         runs = [dataclasses.replace(run, config=dataclasses.replace(run.config, **location))
                 for run in spec.expand(args.profile)]
+        if spec.name == "released":  # its cells evaluate files: the releases (full) or the imagenet runs' (smoke)
+            runs = released_runs(runs, args.profile, results, args.checkpoints)
         selected = {run.run_id for run in spec.expand(args.profile, args.only)}  # --only limits what runs
         pending = pending_runs(runs, results)
         # cells the profile maps to the same run (smoke trains every dataset on the digits) run once
