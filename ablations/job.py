@@ -51,8 +51,15 @@ class NotebookJob(submitit.helpers.Checkpointable):
         folder.mkdir(parents=True, exist_ok=True)
         rank = env.global_rank
         output = task.executed if rank == 0 else str(folder / f"run.rank{rank}.ipynb")
-        pm.execute_notebook(task.notebook, output, parameters=task.parameters, progress_bar=False,
-                            log_output=True, cwd=str(folder))
+        try:
+            pm.execute_notebook(task.notebook, output, parameters=task.parameters, progress_bar=False,
+                                log_output=True, cwd=str(folder))
+        except pm.PapermillExecutionError as e:
+            # preemption: rank 0 checkpoints and requeues the job; the others stop with the training, cleanly
+            # (an error exit would make srun --kill-on-bad-exit end rank 0 before it requeued)
+            if rank == 0 or e.ename != "Interrupted":
+                raise
+            return {"run_id": task.run_id, "status": "interrupted", "rank": rank}
         return {"run_id": task.run_id, "status": _status(task.record), "rank": rank}
 
     def checkpoint(self, task: NotebookTask) -> submitit.helpers.DelayedSubmission:
