@@ -31,6 +31,7 @@ ERROR_LINES = 6
 # a task that exited with a code ran Python to the end and left its own error
 SRUN_TASK_ERROR = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): (?!Exited)(.+)$", re.MULTILINE)
 ATTEMPT_START = "Starting with JobEnvironment"  # submitit's first line in each (re)queued attempt's log
+SUBMITIT_LOGS_NOTE = "You can check full logs"  # what submitit appends to a job's error (reported apart)
 
 
 @dataclass
@@ -99,9 +100,9 @@ def _outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
             died = f"{rank} (SLURM ended the job's other ranks)"
             folder.mkdir(parents=True, exist_ok=True)
             write_json(folder / "record.json", {"status": "failed", "run_id": run.run_id, "error": died})
-            error = f"{error}\n{died}"
+            error = f"{error.split(SUBMITIT_LOGS_NOTE)[0].rstrip()}\n{died}"
     # submitit appends where its logs are (reported below): keep the error itself
-    lines = [line for line in error.split("You can check full logs")[0].splitlines() if line.strip(" -\n")]
+    lines = [line for line in error.split(SUBMITIT_LOGS_NOTE)[0].splitlines() if line.strip(" -\n")]
     tail = "\n".join(lines[-ERROR_LINES:])
     log = getattr(job.paths, "stderr", None)
     return Outcome(run, "failed", tail, notebook if notebook.exists() else None, log)
