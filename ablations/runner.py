@@ -90,17 +90,18 @@ def _outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
     record = read_json(folder / "record.json")
     if record is not None and record.get("status") == "complete":
         return Outcome(run, "complete", notebook=notebook)
+    rank = dead_rank(getattr(job.paths, "stderr", None))
+    if rank is not None:  # a rank died without a word (killed, OOM): SLURM names it, the record keeps it first
+        survivors = (record or {}).get("error")  # e.g. what rank 0 saw: a lost peer
+        died = f"{rank} (SLURM ended the job's other ranks)" + (f"; {survivors}" if survivors else "")
+        record = {**(record or {"run_id": run.run_id}), "status": "failed", "error": died}
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "record.json", record)
     if record is not None and record.get("error"):
         error = record["error"]
     else:
         exc = job.exception()
         error = str(exc) if exc is not None else "the job ended without writing a record"
-        rank = dead_rank(getattr(job.paths, "stderr", None))
-        if rank is not None:  # a rank died without a word (killed, OOM): SLURM names it; the store keeps it
-            died = f"{rank} (SLURM ended the job's other ranks)"
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(folder / "record.json", {"status": "failed", "run_id": run.run_id, "error": died})
-            error = f"{error.split(SUBMITIT_LOGS_NOTE)[0].rstrip()}\n{died}"
     # submitit appends where its logs are (reported below): keep the error itself
     lines = [line for line in error.split(SUBMITIT_LOGS_NOTE)[0].splitlines() if line.strip(" -\n")]
     tail = "\n".join(lines[-ERROR_LINES:])
