@@ -176,8 +176,8 @@ def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per
         s = run.config.resolve()
         state = "todo" if run in todo else "skipped" if run in pending else "complete"
         print(f"  {state:<9}{run.run_id:<34}{spec.label(run):<32} recipe={s.recipe.name} data={s.data} "
-              f"epochs={s.recipe.epochs} batch={s.batch_size} {per}={per_rank_batch(s.batch_size, world)} "
-              f"lr={s.lr:.3g} img={s.img_size} distill={run.config.distillation}")
+              f"epochs={s.recipe.epochs} batch={s.batch_size} lr={s.lr:.3g} img={s.img_size} "
+              f"distill={run.config.distillation} {per}={per_rank_batch(s.batch_size, world)}")
     if slurm is not None:
         mem = slurm.mem_per_task_gb()
         device = f"{slurm.gpus_per_node // slurm.tasks_per_node} GPU" if slurm.gpus_per_node else "CPU only"
