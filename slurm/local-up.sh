@@ -205,19 +205,17 @@ fi
 # A bridge on the host holding SUBNET.1; per node a namespace with one veth end (eth0, SUBNET.(10+I)) and no
 # route beyond the subnet: traffic stays between the nodes and the controller.
 BRIDGE=rnx-br0
-net_up() {
-    ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge
-    ip addr replace "$SUBNET.1/24" dev "$BRIDGE"
-    ip link set "$BRIDGE" up
+net_up() {  # called in a `||` list, where set -e does not apply: every step says when it fails
+    { ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge; } || return 1
+    ip addr replace "$SUBNET.1/24" dev "$BRIDGE" && ip link set "$BRIDGE" up || return 1
     local i ns
     for i in $(seq "$NODES"); do
         ns=repnext-node$i
-        [[ -e /run/netns/$ns ]] || ip netns add "$ns"
-        ip link show "rnx-node$i" >/dev/null 2>&1 || ip link add "rnx-node$i" type veth peer name eth0 netns "$ns"
-        ip link set "rnx-node$i" master "$BRIDGE" up
-        ip -n "$ns" addr replace "$SUBNET.$((10 + i))/24" dev eth0
-        ip -n "$ns" link set eth0 up
-        ip -n "$ns" link set lo up
+        { [[ -e /run/netns/$ns ]] || ip netns add "$ns"; } || return 1
+        { ip link show "rnx-node$i" >/dev/null 2>&1 \
+            || ip link add "rnx-node$i" type veth peer name eth0 netns "$ns"; } || return 1
+        ip link set "rnx-node$i" master "$BRIDGE" up && ip -n "$ns" addr replace "$SUBNET.$((10 + i))/24" dev eth0 \
+            && ip -n "$ns" link set eth0 up && ip -n "$ns" link set lo up || return 1
         # the job's ranks find each other (MASTER_ADDR, gloo) by hostname
         grep -q "^$SUBNET.$((10 + i)) node$i " /etc/hosts || echo "$SUBNET.$((10 + i)) node$i # repnext-slurm" >>/etc/hosts
     done
@@ -236,7 +234,7 @@ stop() {  # a daemon by its pid file; TERM, then KILL
 }
 if [[ -n $previous && $previous != "$(cat "$DIR/slurm.conf")" ]]; then  # e.g. another --nodes: restart
     say "configuration changed: restarting slurmctld and slurmd"
-    for pidfile in "$DIR"/run/slurmd-*.pid "$DIR/run/slurmctld.pid"; do stop "$pidfile"; done
+    for pidfile in "$DIR"/run/slurmd*.pid "$DIR/run/slurmctld.pid"; do stop "$pidfile"; done
 fi
 alive "$DIR/run/slurmctld.pid" || slurmctld
 if [[ $ACCOUNTING == 1 ]] && ! sacctmgr -n list cluster format=cluster 2>/dev/null | grep -q localcluster; then
