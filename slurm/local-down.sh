@@ -36,7 +36,7 @@ alive() {
 }
 
 [[ -f $SLURM_CONF ]] && scancel --user=root >/dev/null 2>&1
-for pidfile in "$DIR"/run/slurmd*.pid "$DIR/run/slurmctld.pid" "$DIR/run/slurmdbd.pid" \
+for pidfile in "$DIR"/run/slurmd.pid "$DIR"/run/slurmd-*.pid "$DIR/run/slurmctld.pid" "$DIR/run/slurmdbd.pid" \
                "$DIR/run/mysqld.pid" "$DIR/munge/munged.pid"; do
     alive "$pidfile" || continue
     kill -TERM "$(cat "$pidfile")" 2>/dev/null

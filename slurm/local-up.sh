@@ -234,7 +234,7 @@ stop() {  # a daemon by its pid file; TERM, then KILL
 }
 if [[ -n $previous && $previous != "$(cat "$DIR/slurm.conf")" ]]; then  # e.g. another --nodes: restart
     say "configuration changed: restarting slurmctld and slurmd"
-    for pidfile in "$DIR"/run/slurmd*.pid "$DIR/run/slurmctld.pid"; do stop "$pidfile"; done
+    for pidfile in "$DIR"/run/slurmd.pid "$DIR"/run/slurmd-*.pid "$DIR/run/slurmctld.pid"; do stop "$pidfile"; done
 fi
 alive "$DIR/run/slurmctld.pid" || slurmctld
 if [[ $ACCOUNTING == 1 ]] && ! sacctmgr -n list cluster format=cluster 2>/dev/null | grep -q localcluster; then
