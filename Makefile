@@ -12,6 +12,9 @@ SLURM_DIR ?= .slurm
 # `make test` starts the local SLURM cluster of slurm/local-up.sh when it can (root with apt-get) so the
 # slurm tests run; SLURM_LOCAL=0 skips that (the slurm tests then skip unless another cluster answers).
 SLURM_LOCAL ?= auto
+# nodes beside the default single node: 2 gives node1 and node2 (own network namespaces, partition multi)
+# for tests/test_multinode.py; 1: the single node only
+SLURM_NODES ?= 2
 
 .PHONY: env test test-fast paper_tables models bench lint clean slurm-up slurm-down
 
@@ -26,7 +29,10 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: env  ## everything, slow tests included (SLURM and notebook end-to-end tests too)
 	@if [ "$(SLURM_LOCAL)" != 0 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		bash slurm/local-up.sh $(SLURM_DIR) || echo "local SLURM cluster did not start: the slurm tests will skip"; fi
+		bash slurm/local-up.sh $(SLURM_DIR) --nodes $(SLURM_NODES) \
+			|| { [ "$(SLURM_NODES)" != 1 ] && echo "no $(SLURM_NODES)-node cluster: the multi-node tests will skip" \
+				&& bash slurm/local-up.sh $(SLURM_DIR) --nodes 1; } \
+			|| echo "local SLURM cluster did not start: the slurm tests will skip"; fi
 	@if [ -f $(SLURM_DIR)/env.sh ]; then . $(SLURM_DIR)/env.sh; fi; $(BIN)/python -m pytest -n 2 $(PYTEST_ARGS)
 
 test-fast: env  ## the inner loop: skips tests marked slow
@@ -56,8 +62,8 @@ bench: env  ## speed figures (not tests): forms vs timm references, smoke traini
 lint: env
 	$(BIN)/ruff check repnext ablations tests benchmarks
 
-slurm-up:  ## a single-node SLURM cluster on localhost (root; installs munge/slurm with apt)
-	bash slurm/local-up.sh $(SLURM_DIR)
+slurm-up:  ## a SLURM cluster on this machine (root; installs munge/slurm with apt): SLURM_NODES=1 for one node
+	bash slurm/local-up.sh $(SLURM_DIR) --nodes $(SLURM_NODES)
 
 slurm-down:
 	bash slurm/local-down.sh $(SLURM_DIR)

@@ -29,7 +29,8 @@ class SlurmProfile:
     gpus_per_node: int = 0
     tasks_per_node: int = 1
     cpus_per_task: int = 1
-    mem_gb: float = 0
+    mem_gb: float = 0           # per node (sbatch --mem); 0: not set
+    mem_per_cpu_gb: float = 0   # per CPU (sbatch --mem-per-cpu); 0: not set. At most one of the two
     timeout_min: int = 60
     account: str = ""
     qos: str = ""
@@ -39,6 +40,28 @@ class SlurmProfile:
 
     def replace(self, **changes) -> SlurmProfile:
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @property
+    def world_size(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+    def mem_per_task_gb(self) -> float | None:
+        """Host memory each rank gets, or None when the partition's default decides."""
+        if self.mem_per_cpu_gb:
+            return self.mem_per_cpu_gb * self.cpus_per_task
+        return self.mem_gb / self.tasks_per_node if self.mem_gb else None
+
+    def check(self) -> None:
+        """One-line errors for shapes sbatch would accept and then run wrong (or reject obscurely)."""
+        for key in ("nodes", "tasks_per_node", "cpus_per_task"):
+            if getattr(self, key) < 1:
+                raise ClusterError(f"SLURM profile {self.name!r}: {key} must be at least 1, got {getattr(self, key)}")
+        if self.gpus_per_node and self.tasks_per_node != self.gpus_per_node:
+            raise ClusterError(f"SLURM profile {self.name!r}: tasks_per_node={self.tasks_per_node} but "
+                               f"gpus_per_node={self.gpus_per_node}; one DDP process per GPU: make them equal")
+        if self.mem_gb and self.mem_per_cpu_gb:
+            raise ClusterError(f"SLURM profile {self.name!r}: mem_gb={self.mem_gb} and mem_per_cpu_gb="
+                               f"{self.mem_per_cpu_gb} are exclusive in SLURM; set one of them to 0")
 
 
 def slurm_profiles(path: Path = SLURM / "clusters.toml") -> dict[str, SlurmProfile]:
@@ -97,6 +120,7 @@ def make_executor(cluster: str, folder: Path, slurm: SlurmProfile | None = None,
         return executor
     if slurm is None:
         raise ClusterError("the slurm cluster needs a profile (slurm/clusters.toml)")
+    slurm.check()
     executor.update_parameters(**slurm_parameters(slurm, name, max_parallel))
     return executor
 
@@ -109,11 +133,17 @@ def slurm_parameters(slurm: SlurmProfile, name: str = "repnext", max_parallel: i
         slurm_array_parallelism=max_parallel,
         # one OpenMP thread per CPU the job owns: spinning threads on shared cores slow steps 20-60x
         slurm_setup=[f"export OMP_NUM_THREADS={slurm.cpus_per_task}"],
+        # srun restated: since SLURM 22.05 it no longer inherits --cpus-per-task from sbatch (each rank and
+        # its loader workers would share one core); a rank that dies ends the step instead of leaving the
+        # others waiting in a collective
+        slurm_srun_args=[f"--cpus-per-task={slurm.cpus_per_task}", "--kill-on-bad-exit=1"],
     )
     if slurm.gpus_per_node:
         params["gpus_per_node"] = slurm.gpus_per_node
     if slurm.mem_gb:
         params["mem_gb"] = slurm.mem_gb
+    if slurm.mem_per_cpu_gb:
+        params["slurm_mem_per_cpu"] = f"{int(slurm.mem_per_cpu_gb * 1024)}M"
     for key in ("partition", "account", "qos"):
         if getattr(slurm, key):
             params[f"slurm_{key}"] = getattr(slurm, key)

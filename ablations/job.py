@@ -15,6 +15,7 @@ from pathlib import Path
 import submitit
 
 CHECKPOINT_WAIT_S = 60.0  # how long a preempted job waits for the training to write its checkpoint
+REQUEUE_WAIT_S = CHECKPOINT_WAIT_S + 30  # how long the other ranks wait for rank 0's requeue to end them
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,13 @@ def _status(record: str) -> str:
         return "missing"
 
 
+def _touched_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
 class NotebookJob(submitit.helpers.Checkpointable):
     """Run one notebook execution; every task of a multi-task (DDP) job executes its own kernel."""
 
@@ -51,8 +59,17 @@ class NotebookJob(submitit.helpers.Checkpointable):
         folder.mkdir(parents=True, exist_ok=True)
         rank = env.global_rank
         output = task.executed if rank == 0 else str(folder / f"run.rank{rank}.ipynb")
-        pm.execute_notebook(task.notebook, output, parameters=task.parameters, progress_bar=False,
-                            log_output=True, cwd=str(folder))
+        started = time.time()
+        try:
+            pm.execute_notebook(task.notebook, output, parameters=task.parameters, progress_bar=False,
+                                log_output=True, cwd=str(folder))
+        except Exception:
+            if rank and _touched_since(Path(task.stop), started):
+                # preemption: rank 0 checkpoints and requeues the job, and the requeue ends this task. Until then
+                # no exit: an error exit would make srun --kill-on-bad-exit end rank 0 before it requeued, and any
+                # exit leaves a result file that submitit would take for the requeued attempt's
+                time.sleep(REQUEUE_WAIT_S)
+            raise
         return {"run_id": task.run_id, "status": _status(task.record), "rank": rank}
 
     def checkpoint(self, task: NotebookTask) -> submitit.helpers.DelayedSubmission:

@@ -3,6 +3,7 @@
     python ablations/run.py --table downsample --cluster local --profile smoke
     python ablations/run.py --table downsample --cluster slurm --profile full --data-root ~/imagenet --dry-run
     python ablations/run.py --table all --cluster slurm --slurm-profile gpu --partition a100 --account vision
+    python ablations/run.py --table downsample --cluster slurm --profile smoke --nodes 2 --tasks-per-node 1
 
 Runs whose record is complete are not submitted again; a failed run is reported with its id, the last lines
 of its error and the path of its executed notebook, and the exit code is 1. ``--dry-run`` prints the runs
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from ablations import PAPER_TABLES
 from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_profile, make_executor, slurm_parameters
+from ablations.released import released_runs
 from ablations.render import index_entry, render_index, render_table
 from ablations.runner import RunnerInterrupted, execute, failure_report, pending_runs
 from ablations.spec import SpecError, available_tables, load_spec
@@ -29,6 +31,7 @@ from repnext.profiles import PROFILES, get_profile
 from repnext.store import DEFAULT_RESULTS
 
 DEFAULT_SLURM_PROFILE = {"smoke": "local", "full": "gpu"}
+MULTINODE_SLURM_PROFILE = {"smoke": "local-multi"}  # the default with --nodes > 1 (the local cluster's nodes)
 
 
 class UsageError(ValueError):
@@ -47,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", type=Path, default=DEFAULT_RESULTS, help="the results store (env REPNEXT_RESULTS)")
     p.add_argument("--data-root", help="dataset folder for the full profile (ImageNet train/ val/, CIFAR-100)")
     p.add_argument("--teacher-checkpoint", help="distillation teacher weights for the full profile")
+    p.add_argument("--checkpoints", type=Path, help="the released table's full profile: folder of the release files")
     p.add_argument("--tables-dir", type=Path, default=PAPER_TABLES, help="where the rendered tables go")
     p.add_argument("--dry-run", action="store_true", help="print the runs and executor parameters; submit nothing")
     p.add_argument("--render-only", action="store_true",
@@ -54,12 +58,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", help="only runs whose model name or run id matches this glob")
     p.add_argument("--max-parallel", type=int, help="runs at once (default: local/debug 1 per CPU core, slurm all)")
     slurm = p.add_argument_group("slurm", "override the cluster profile (slurm/clusters.toml)")
-    slurm.add_argument("--slurm-profile", help="default: local for the smoke profile, gpu for full")
+    slurm.add_argument("--slurm-profile",
+                       help="default: local for the smoke profile (local-multi with --nodes > 1), gpu for full")
     slurm.add_argument("--partition")
     slurm.add_argument("--account")
     slurm.add_argument("--qos")
     slurm.add_argument("--timeout-min", type=int)
-    slurm.add_argument("--tasks-per-node", type=int, help="DDP processes per run (local cluster too)")
+    slurm.add_argument("--tasks-per-node", type=int, help="DDP processes per run and node (local cluster too)")
+    slurm.add_argument("--nodes", type=int, help="nodes per run: one DDP job over nodes x tasks-per-node ranks")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -82,8 +88,19 @@ def validate(args: argparse.Namespace) -> None:
         raise UsageError(f"data root {args.data_root} does not exist or is not a directory")
     if args.max_parallel is not None and args.max_parallel < 1:
         raise UsageError(f"--max-parallel must be at least 1, got {args.max_parallel}")
-    if args.tasks_per_node is not None and args.tasks_per_node < 1:
-        raise UsageError(f"--tasks-per-node must be at least 1, got {args.tasks_per_node}")
+    for flag in ("tasks_per_node", "nodes"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UsageError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if (args.nodes or 1) > 1 and args.cluster != "slurm":
+        raise UsageError(f"--nodes {args.nodes} needs --cluster slurm (the {args.cluster} cluster is this machine)")
+    if args.checkpoints is not None and not args.checkpoints.expanduser().is_dir():
+        raise UsageError(f"--checkpoints {args.checkpoints} does not exist or is not a directory")
+
+
+def default_slurm_profile(args: argparse.Namespace) -> str:
+    if (args.nodes or 1) > 1 and args.profile in MULTINODE_SLURM_PROFILE:
+        return MULTINODE_SLURM_PROFILE[args.profile]
+    return DEFAULT_SLURM_PROFILE[args.profile]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,11 +110,15 @@ def main(argv: list[str] | None = None) -> int:
         validate(args)
         names = available_tables() if args.table == "all" else args.table.split(",")
         specs = [load_spec(name) for name in names]
+        if ("released" in names and args.checkpoints is None and not get_profile(args.profile).substitute_data
+                and not args.render_only):
+            raise UsageError("the released table's full profile evaluates the release files: pass --checkpoints DIR")
         slurm = None
         if args.cluster == "slurm":
-            slurm = get_slurm_profile(args.slurm_profile or DEFAULT_SLURM_PROFILE[args.profile]).replace(
+            slurm = get_slurm_profile(args.slurm_profile or default_slurm_profile(args)).replace(
                 partition=args.partition, account=args.account, qos=args.qos, timeout_min=args.timeout_min,
-                tasks_per_node=args.tasks_per_node)
+                tasks_per_node=args.tasks_per_node, nodes=args.nodes)
+            slurm.check()
             if not (args.dry_run or args.render_only):
                 check_slurm(slurm)
         results = args.results.expanduser().resolve()
@@ -120,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         runs = [dataclasses.replace(run, config=dataclasses.replace(run.config, **location))
                 for run in spec.expand(args.profile)]
+        if spec.name == "released":  # its cells evaluate files: the releases (full) or the imagenet runs' (smoke)
+            runs = released_runs(runs, args.profile, results, args.checkpoints)
         selected = {run.run_id for run in spec.expand(args.profile, args.only)}  # --only limits what runs
         pending = pending_runs(runs, results)
         # cells the profile maps to the same run (smoke trains every dataset on the digits) run once
@@ -159,7 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def per_rank_batch(batch: int, world: int) -> str:
+    return str(batch // world) if batch % world == 0 else f"{batch / world:.2f} (not a multiple of {world} ranks)"
+
+
 def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per_node: int) -> None:
+    world = slurm.world_size if slurm else tasks_per_node
+    per = "per_gpu" if slurm is not None and slurm.gpus_per_node else "per_rank"
     for run in runs:
         state = "todo" if run in todo else "skipped" if run in pending else "complete"
         if spec.parameters.get("task") in DENSE_TASKS:  # detection/segmentation: the official dense protocol
@@ -169,7 +198,12 @@ def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per
         s = run.config.resolve()
         print(f"  {state:<9}{run.run_id:<34}{spec.label(run):<32} recipe={s.recipe.name} data={s.data} "
               f"epochs={s.recipe.epochs} batch={s.batch_size} lr={s.lr:.3g} img={s.img_size} "
-              f"distill={run.config.distillation}")
+              f"distill={run.config.distillation} {per}={per_rank_batch(s.batch_size, world)}")
+    if slurm is not None:
+        mem = slurm.mem_per_task_gb()
+        device = f"{slurm.gpus_per_node // slurm.tasks_per_node} GPU" if slurm.gpus_per_node else "CPU only"
+        print(f"  ranks: {slurm.nodes} node(s) x {slurm.tasks_per_node} task(s) = {world}; per rank: {device}, "
+              f"{slurm.cpus_per_task} CPUs, " + (f"{mem:g} GB memory" if mem else "memory: the partition's default"))
     if slurm is not None:  # what sbatch would be given; no SLURM client needed to see it
         params = slurm_parameters(slurm, f"repnext-{spec.name}", max_parallel)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import re
 import shutil
 import signal
 import sys
@@ -22,7 +23,7 @@ import submitit
 from tqdm import tqdm
 
 from repnext.errors import StoreError
-from repnext.store import RunPaths, read_json
+from repnext.store import RunPaths, read_json, write_json
 
 from .clusters import SlurmProfile, make_executor
 from .job import NotebookJob, NotebookTask
@@ -31,6 +32,11 @@ from .spec import Run, TableSpec
 
 POLL_S = 1.0
 ERROR_LINES = 6
+# what srun says of the first task of a step killed by a signal (with --kill-on-bad-exit, the others follow);
+# a task that exited with a code ran Python to the end and left its own error
+SRUN_TASK_ERROR = re.compile(r"^srun: error: (\S+): tasks? ([\d,-]+): (?!Exited)(.+)$", re.MULTILINE)
+ATTEMPT_START = "Starting with JobEnvironment"  # submitit's first line in each (re)queued attempt's log
+SUBMITIT_LOGS_NOTE = "You can check full logs"  # what submitit appends to a job's error (reported apart)
 STOP_WAIT_S = 120.0  # how long stopped jobs get to start (a kernel), checkpoint and end before they are killed
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []  # STOP_SIGNALS that arrived while ``execute`` ran
@@ -90,6 +96,20 @@ def _epochs_done(run: Run, results: Path) -> int:
         return 0
 
 
+def dead_rank(log: Path | None) -> str | None:
+    """The rank SLURM saw killed first in the job's last attempt, e.g. 'rank 1 on node2: Killed', from srun's
+    lines in the job's log; None when srun reported no killed task (or there is no log)."""
+    try:
+        text = log.read_text(errors="replace") if log is not None else ""
+    except OSError:
+        return None
+    match = SRUN_TASK_ERROR.search(text, max(text.rfind(ATTEMPT_START), 0))
+    if match is None:
+        return None
+    host, tasks, what = match.groups()
+    return f"rank {tasks} on {host}: {what}"
+
+
 def _outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
     folder = run.folder(results)
     notebook = folder / "run.ipynb"
@@ -99,13 +119,20 @@ def _outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
         record = {"error": str(e)}
     if record is not None and record.get("status") == "complete":
         return Outcome(run, "complete", notebook=notebook)
+    rank = dead_rank(getattr(job.paths, "stderr", None))
+    if rank is not None:  # a rank died without a word (killed, OOM): SLURM names it, the record keeps it first
+        survivors = (record or {}).get("error")  # e.g. what rank 0 saw: a lost peer
+        died = f"{rank} (SLURM ended the job's other ranks)" + (f"; {survivors}" if survivors else "")
+        record = {**(record or {"run_id": run.run_id}), "status": "failed", "error": died}
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / "record.json", record)
     if record is not None and record.get("error"):
         error = record["error"]
     else:
         exc = job.exception()
         error = str(exc) if exc is not None else "the job ended without writing a record"
     # submitit appends where its logs are (reported below): keep the error itself
-    lines = [line for line in error.split("You can check full logs")[0].splitlines() if line.strip(" -\n")]
+    lines = [line for line in error.split(SUBMITIT_LOGS_NOTE)[0].splitlines() if line.strip(" -\n")]
     tail = "\n".join(lines[-ERROR_LINES:])
     log = getattr(job.paths, "stderr", None)
     return Outcome(run, "failed", tail, notebook if notebook.exists() else None, log)

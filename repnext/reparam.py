@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -100,54 +99,56 @@ def fuse_bn_linear(bn: nn.BatchNorm1d, linear: nn.Linear) -> nn.Linear:
 
 def pad_kernel(weight: torch.Tensor, size: int) -> torch.Tensor:
     """Zero-pad a (.., kh, kw) kernel to (size, size), centred (all branches use centred 'same' padding)."""
-    kh, kw = weight.shape[-2:]
+    kh, kw = weight.shape[-2], weight.shape[-1]
     ph, pw = (size - kh) // 2, (size - kw) // 2
-    return F.pad(weight, (pw, size - kw - pw, ph, size - kh - ph))
+    return F.pad(weight, [pw, size - kw - pw, ph, size - kh - ph])
+
+
+def dilate_kernel(weight: torch.Tensor, dilation: int) -> torch.Tensor:
+    """A kernel with its dilation spelled out as zeros between taps."""
+    if dilation == 1:
+        return weight
+    kh, kw = weight.shape[-2], weight.shape[-1]
+    out = weight.new_zeros(weight.shape[0], weight.shape[1], (kh - 1) * dilation + 1, (kw - 1) * dilation + 1)
+    out[:, :, ::dilation, ::dilation] = weight
+    return out
 
 
 def effective_weight(conv: nn.Conv2d) -> torch.Tensor:
     """The conv's kernel with its dilation spelled out as zeros between taps."""
     dh, dw = conv.dilation
-    if (dh, dw) == (1, 1):
-        return conv.weight
-    kh, kw = conv.weight.shape[-2:]
-    out = conv.weight.new_zeros(*conv.weight.shape[:2], (kh - 1) * dh + 1, (kw - 1) * dw + 1)
-    out[..., ::dh, ::dw] = conv.weight
-    return out
+    if dh != dw:
+        raise ValueError(f"expected the same dilation on both axes, got {conv.dilation}")
+    return dilate_kernel(conv.weight, dh)
 
 
-def path_kernel(path: Sequence[nn.Conv2d]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Kernel and bias of one depthwise path: a single conv, or a 1xk conv then a kx1 conv.
+# The next three compose a multi-branch depthwise conv's one kernel from its convs' tensors. They take tensors,
+# not modules, so that TorchScript compiles them: training computes the kernel on every forward pass (online
+# reparameterization), scripted or not.
 
-    A pair composes to the outer product of its kernels; the first conv must be bias-free for that
-    to be exact at the borders (the official S/M branches are).
-    """
-    if len(path) == 1:
-        return effective_weight(path[0]), conv_bias(path[0])
-    first, second = path
-    if first.bias is not None:
-        raise ValueError("a 1xk -> kx1 pair whose first conv has a bias does not fold to one kernel exactly")
-    if first.kernel_size[0] != 1 or second.kernel_size[1] != 1:
-        raise ValueError(f"expected a 1xk then kx1 pair, got {first.kernel_size} then {second.kernel_size}")
-    return second.weight * first.weight, conv_bias(second)
+def conv_kernel(
+        weight: torch.Tensor, bias: torch.Tensor | None, size: int, dilation: int = 1,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One depthwise conv's kernel, dilation spelled out, centred in ``size`` x ``size``; its bias (or zeros)."""
+    weight = pad_kernel(dilate_kernel(weight, dilation), size)
+    return weight, bias if bias is not None else weight.new_zeros(weight.shape[0])
 
 
-def dw_paths_kernel(paths: Sequence[Sequence[nn.Conv2d]], size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The one ``size`` x ``size`` kernel (and bias) that parallel depthwise paths sum to. Differentiable:
-    training computes it on every forward pass (online reparameterization)."""
-    weight, bias = 0, 0
-    for path in paths:
-        w, b = path_kernel(path)
-        weight = weight + pad_kernel(w, size)
+def pair_kernel(
+        first: torch.Tensor, second: torch.Tensor, bias: torch.Tensor | None, size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bias-free 1xk conv (kernel ``first``) then a kx1 conv (``second``, ``bias``): the outer product of the
+    kernels. Exact at the borders only because the first conv has no bias (the official S/M pairs have none)."""
+    return conv_kernel(second * first, bias, size)
+
+
+def sum_kernels(terms: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel and bias of parallel paths that sum."""
+    weight, bias = terms[0]
+    for w, b in terms[1:]:
+        weight = weight + w
         bias = bias + b
     return weight, bias
-
-
-@torch.no_grad()
-def fuse_dw_paths(paths: Sequence[Sequence[nn.Conv2d]], size: int, stride: int) -> nn.Conv2d:
-    """Parallel depthwise paths that sum (RepDWConvS / RepDWConvM) as one ``size`` x ``size`` conv."""
-    weight, bias = dw_paths_kernel(paths, size)
-    return make_conv(weight, bias, stride=stride, padding=size // 2, groups=paths[0][0].groups)
 
 
 def branch_kernel(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

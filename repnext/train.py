@@ -391,6 +391,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def hostnames(env: Dist) -> list[str]:
+    """Every rank's host, in rank order (collective: all ranks call it)."""
+    hosts = [socket.gethostname()] * env.world
+    if env.world > 1:
+        dist.all_gather_object(hosts, socket.gethostname())
+    return hosts
+
+
 def environment(device: torch.device, env: Dist) -> dict:
     def git_sha() -> str | None:
         try:
@@ -404,7 +412,7 @@ def environment(device: torch.device, env: Dist) -> dict:
         "cpu": cpu_name(), "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(), "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "world_size": env.world, "torch": torch.__version__, "timm": timm.__version__,
+        "world_size": env.world, "hosts": hostnames(env), "torch": torch.__version__, "timm": timm.__version__,
         "repnext": repnext.__version__, "git_sha": git_sha(),
     }
 

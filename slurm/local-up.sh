@@ -1,17 +1,36 @@
 #!/usr/bin/env bash
-# A real single-node SLURM cluster on localhost, for tests and laptops (Debian/Ubuntu, root, no systemd
-# needed). Idempotent: installs what is missing, writes the configs under DIR, starts munge, MariaDB +
-# slurmdbd (accounting: without it submitit cannot see a job that died), slurmctld and slurmd, and waits
-# until the node is idle. Then: `source DIR/env.sh` (or rely on the /etc/slurm/slurm.conf link).
+# A real SLURM cluster on this machine, for tests and laptops (Debian/Ubuntu, root, no systemd needed).
+# Idempotent: installs what is missing, writes the configs under DIR, starts munge, MariaDB + slurmdbd
+# (accounting: without it submitit cannot see a job that died), slurmctld and slurmd, and waits until the
+# nodes are idle. Then: `source DIR/env.sh` (or rely on the /etc/slurm/slurm.conf link).
 #
-#   slurm/local-up.sh [DIR]          DIR defaults to $REPNEXT_SLURM_DIR or ./.slurm
+#   slurm/local-up.sh [DIR] [--nodes N]   DIR defaults to $REPNEXT_SLURM_DIR or ./.slurm
 #   slurm/local-down.sh [DIR] [--purge]
 #
+# Always: node `$(hostname -s)` on 127.0.0.1, partition `debug` (the default). With --nodes N > 1, also
+# node1..nodeN, each slurmd in its own network and UTS namespace (hostname nodeI, address SUBNET.(10+I) on
+# a bridge private to this machine, listed in /etc/hosts), in partition `multi`: one job spans several
+# nodes and its ranks really talk over the network. The controller listens on SUBNET.1 for them; the
+# filesystem (venv, checkout, munge's socket) is shared.
+#
 # Settings (environment): SLURM_ACCOUNTING=1 (0: no MariaDB/slurmdbd; sacct then fails and a killed job
-# hangs submitit), SLURM_CRED_EXPIRE=10 (a requeued job waits cred_expire + 1 s; Slurm's default is 120).
+# hangs submitit), SLURM_CRED_EXPIRE=10 (a requeued job waits cred_expire + 1 s; Slurm's default is 120),
+# SLURM_NODES=1 (what --nodes defaults to), SLURM_SUBNET=10.213.0 (the nodes' private /24).
 set -euo pipefail
 
-DIR=$(realpath -m "${1:-${REPNEXT_SLURM_DIR:-.slurm}}")
+NODES=${SLURM_NODES:-1}
+args=()
+while (($#)); do
+    case $1 in
+        --nodes) NODES=${2:-}; shift 2 || true ;;
+        --nodes=*) NODES=${1#--nodes=}; shift ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+[[ $NODES =~ ^[0-9]+$ ]] && ((NODES >= 1 && NODES <= 8)) \
+    || { echo "slurm-local: error: --nodes must be 1 to 8, got '$NODES'" >&2; exit 1; }
+DIR=$(realpath -m "${args[0]:-${REPNEXT_SLURM_DIR:-.slurm}}")
+SUBNET=${SLURM_SUBNET:-10.213.0}
 ACCOUNTING=${SLURM_ACCOUNTING:-1}
 CRED_EXPIRE=${SLURM_CRED_EXPIRE:-10}
 HOST=$(hostname -s)
@@ -46,7 +65,7 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-mkdir -p "$DIR"/{state/ctld,state/d,run,log,db}
+mkdir -p "$DIR"/{state/ctld,state/d/$HOST,run,log,db}
 chmod 0755 "$DIR"
 # munged runs as the munge user: its key, socket and log must sit where that user can reach. That is DIR,
 # unless a folder above it is private (mktemp -d makes 0700 ones); then a folder in /tmp, linked as DIR/munge.
@@ -76,6 +95,16 @@ fi
 # --- configs -------------------------------------------------------------------------------------------
 read -r CPUS MEM < <(slurmd -C | awk '/NodeName/ {for (i = 1; i <= NF; i++) {split($i, kv, "=");
     if (kv[1] == "CPUs") c = kv[2]; if (kv[1] == "RealMemory") m = kv[2]}} END {print c, int(m * 0.95)}')
+CTLD_ADDR=127.0.0.1
+MULTI=""
+if ((NODES > 1)); then  # the controller must be reachable from the nodes' namespaces: the bridge's address
+    CTLD_ADDR=$SUBNET.1
+    for i in $(seq "$NODES"); do
+        MULTI+="NodeName=node$i NodeAddr=$SUBNET.$((10 + i)) CPUs=$CPUS RealMemory=$MEM State=UNKNOWN"$'\n'
+        mkdir -p "$DIR/state/d/node$i"
+    done
+    MULTI+="PartitionName=multi Nodes=node[1-$NODES] MaxTime=INFINITE State=UP"
+fi
 if [[ $ACCOUNTING == 1 ]]; then
     ACCT="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=127.0.0.1
@@ -84,20 +113,21 @@ AccountingStoragePass=$SOCKET"
 else
     ACCT="AccountingStorageType=accounting_storage/none"
 fi
+previous=$(cat "$DIR/slurm.conf" 2>/dev/null || true)
 cat >"$DIR/slurm.conf" <<EOF
 ClusterName=localcluster
-SlurmctldHost=$HOST(127.0.0.1)
+SlurmctldHost=$HOST($CTLD_ADDR)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
 AuthInfo=socket=$SOCKET,cred_expire=$CRED_EXPIRE
 StateSaveLocation=$DIR/state/ctld
-SlurmdSpoolDir=$DIR/state/d
+SlurmdSpoolDir=$DIR/state/d/%n
 SlurmctldPidFile=$DIR/run/slurmctld.pid
-SlurmdPidFile=$DIR/run/slurmd.pid
+SlurmdPidFile=$DIR/run/slurmd-%n.pid
 SlurmctldLogFile=$DIR/log/slurmctld.log
-SlurmdLogFile=$DIR/log/slurmd.log
+SlurmdLogFile=$DIR/log/slurmd-%n.log
 MailProg=/bin/true
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -116,6 +146,7 @@ MinJobAge=300
 KillWait=10
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM State=UNKNOWN
 PartitionName=debug Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
+$MULTI
 EOF
 cat >"$DIR/env.sh" <<EOF
 export SLURM_CONF=$DIR/slurm.conf
@@ -170,16 +201,67 @@ EOF
     fi
 fi
 
-# --- controller and node -------------------------------------------------------------------------------
+# --- the nodes' network (--nodes > 1) --------------------------------------------------------------------
+# A bridge on the host holding SUBNET.1; per node a namespace with one veth end (eth0, SUBNET.(10+I)) and no
+# route beyond the subnet: traffic stays between the nodes and the controller.
+BRIDGE=rnx-br0
+net_up() {  # called in a `||` list, where set -e does not apply: every step says when it fails
+    { ip link show "$BRIDGE" >/dev/null 2>&1 || ip link add "$BRIDGE" type bridge; } || return 1
+    ip addr replace "$SUBNET.1/24" dev "$BRIDGE" && ip link set "$BRIDGE" up || return 1
+    local i ns
+    for i in $(seq "$NODES"); do
+        ns=repnext-node$i
+        { [[ -e /run/netns/$ns ]] || ip netns add "$ns"; } || return 1
+        { ip link show "rnx-node$i" >/dev/null 2>&1 \
+            || ip link add "rnx-node$i" type veth peer name eth0 netns "$ns"; } || return 1
+        ip link set "rnx-node$i" master "$BRIDGE" up && ip -n "$ns" addr replace "$SUBNET.$((10 + i))/24" dev eth0 \
+            && ip -n "$ns" link set eth0 up && ip -n "$ns" link set lo up || return 1
+        # the job's ranks find each other (MASTER_ADDR, gloo) by hostname
+        grep -q "^$SUBNET.$((10 + i)) node$i " /etc/hosts || echo "$SUBNET.$((10 + i)) node$i # repnext-slurm" >>/etc/hosts
+    done
+}
+if ((NODES > 1)); then
+    command -v ip >/dev/null && command -v nsenter >/dev/null || die "--nodes > 1 needs ip (iproute2) and nsenter"
+    net_up || die "cannot create the nodes' network namespaces (root with CAP_NET_ADMIN needed); try --nodes 1"
+fi
+
+# --- controller and nodes ------------------------------------------------------------------------------
+stop() {  # a daemon by its pid file; TERM, then KILL
+    alive "$1" || return 0
+    kill -TERM "$(cat "$1")" 2>/dev/null
+    for _ in $(seq 20); do alive "$1" || return 0; sleep 0.5; done
+    kill -KILL "$(cat "$1")" 2>/dev/null || true
+}
+if [[ -n $previous && $previous != "$(cat "$DIR/slurm.conf")" ]]; then  # e.g. another --nodes: restart
+    say "configuration changed: restarting slurmctld and slurmd"
+    for pidfile in "$DIR"/run/slurmd.pid "$DIR"/run/slurmd-*.pid "$DIR/run/slurmctld.pid"; do stop "$pidfile"; done
+fi
 alive "$DIR/run/slurmctld.pid" || slurmctld
 if [[ $ACCOUNTING == 1 ]] && ! sacctmgr -n list cluster format=cluster 2>/dev/null | grep -q localcluster; then
     sacctmgr -i add cluster localcluster >/dev/null 2>&1 || true
 fi
-alive "$DIR/run/slurmd.pid" || slurmd
+alive "$DIR/run/slurmd-$HOST.pid" || slurmd
+nodes=("$HOST")
+if ((NODES > 1)); then
+    for i in $(seq "$NODES"); do  # slurmd takes its node name from the hostname of its UTS namespace
+        nodes+=("node$i")
+        alive "$DIR/run/slurmd-node$i.pid" && continue
+        # nsenter, not `ip netns exec`: that remounts /sys, hiding the cgroup mounts slurmd needs
+        nsenter --net="/run/netns/repnext-node$i" unshare --uts sh -c "hostname node$i && exec slurmd" \
+            || die "slurmd of node$i did not start; see $DIR/log/slurmd-node$i.log"
+    done
+fi
+list=$(IFS=,; echo "${nodes[*]}")
 for _ in $(seq 120); do
-    state=$(sinfo -h -n "$HOST" -o %T 2>/dev/null || true)
-    [[ $state == idle* ]] && { say "node $HOST idle ($CPUS CPUs, ${MEM} MB); source $DIR/env.sh"; exit 0; }
-    [[ $state == down* || $state == drain* ]] && scontrol update nodename="$HOST" state=resume >/dev/null 2>&1 || true
+    states=$(sinfo -h -N -n "$list" -o "%N %T" 2>/dev/null || true)
+    idle=$(grep -c " idle" <<<"$states" || true)
+    if ((idle == ${#nodes[@]})); then
+        say "nodes ${nodes[*]} idle ($CPUS CPUs, ${MEM} MB each); source $DIR/env.sh"
+        exit 0
+    fi
+    for node in $(awk '$2 ~ /^(down|drain)/ {print $1}' <<<"$states"); do
+        scontrol update nodename="$node" state=resume >/dev/null 2>&1 || true
+    done
     sleep 0.5
 done
-die "node $HOST did not become idle (state: ${state:-unknown}); see $DIR/log/"
+die "nodes did not all become idle: $(tr '\n' ' ' <<<"${states:-none}"); see $DIR/log/"

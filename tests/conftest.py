@@ -34,3 +34,14 @@ def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
                 m.weight.copy_(torch.rand(n, generator=g) + 0.5)
                 m.bias.copy_(torch.rand(n, generator=g) - 0.5)
     return model
+
+
+@pytest.fixture(scope="session")
+def two_node_slurm():
+    """The `local-multi` SLURM profile, when the two-node cluster of `slurm/local-up.sh --nodes 2` answers."""
+    from ablations.clusters import get_slurm_profile, slurm_partitions
+
+    profile = get_slurm_profile("local-multi")
+    if profile.partition not in (slurm_partitions() or []):
+        pytest.skip("no two-node SLURM cluster reachable (bash slurm/local-up.sh .slurm --nodes 2 starts one)")
+    return profile

@@ -51,7 +51,7 @@ def test_specs_name_existing_models_and_reference_rows():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--table", "nope"], "unknown table 'nope'; expected one of: compact, downsample"),
+    (["--table", "nope"], "unknown table 'nope'; expected one of: compact, detection, downsample"),
     (["--table", "downsample", "--cluster", "kubernetes"], "unknown cluster 'kubernetes'"),
     (["--table", "downsample", "--profile", "huge"], "unknown profile 'huge'"),
     (["--table", "downsample", "--data-root", "/does/not/exist"], "data root /does/not/exist does not exist"),
@@ -78,11 +78,11 @@ def test_dry_run_lists_runs_and_executor_and_creates_nothing(tmp_path):
     out = subprocess.run(
         [sys.executable, str(REPO / "ablations" / "run.py"), "--table", "downsample", "--cluster", "slurm",
          "--profile", "full", "--dry-run", "--results", str(results), "--partition", "a100", "--account", "vision",
-         "--tasks-per-node", "4"],
+         "--nodes", "3"],
         capture_output=True, text=True, check=True).stdout
     assert out.count("todo") == 3 and "epochs=120 batch=2048 lr=0.004 img=224" in out
     # submitit's parameter names; printed without a SLURM client on this machine
-    for expected in ("slurm_partition=a100", "slurm_account=vision", "tasks_per_node=4", "gpus_per_node=8",
+    for expected in ("slurm_partition=a100", "slurm_account=vision", "nodes=3", "tasks_per_node=8", "gpus_per_node=8",
                      "timeout_min=1440"):
         assert expected in out
     assert not results.exists()

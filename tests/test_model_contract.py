@@ -2,10 +2,15 @@
 import pytest
 import timm
 import torch
+from timm.layers import get_notrace_functions, get_notrace_modules
+from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
 
-from repnext.models import REGISTERED_MODELS, REPNEXT_MODELS, SINGLE_BRANCH_MODELS
+from repnext.models import REGISTERED_MODELS, REPNEXT_MODELS, SINGLE_BRANCH_MODELS, RepNeXt
 
 SIZE = 64  # every model has stride 32: a 2x2 final map keeps the contract checks fast
+# scripting and tracing the larger models takes minutes on a 2-core CPU
+SCRIPT_FAST = ("repnext_m0", "repnext_m0e", "repnext_m1_nosrp", "repvit_m0_6", "convnext_femto_ds_a")
+SCRIPTED = [name if name in SCRIPT_FAST else pytest.param(name, marks=pytest.mark.slow) for name in REGISTERED_MODELS]
 
 
 @pytest.fixture(scope="module", params=REGISTERED_MODELS)
@@ -110,3 +115,102 @@ def test_bad_arguments_are_named():
         timm.create_model("repnext_m0", global_pool="max")
     with pytest.raises(ValueError, match="divisible by 4"):
         timm.create_model("repnext_m0", embed_dim=(42, 84, 168, 336))
+
+
+def test_device_and_dtype_arguments(name):
+    """As current timm model files: every parameter and buffer is made where, and as, asked."""
+    model = timm.create_model(name, device="meta")
+    assert {t.device.type for t in (*model.parameters(), *model.buffers())} == {"meta"}
+    model.reset_classifier(3)
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    model = timm.create_model(name, dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+# --- timm's tests/test_models.py: torchscript and FX, for the training and the fused form ---------------
+
+def create(name: str, form: str, **kwargs) -> torch.nn.Module:
+    with timm.set_scriptable(True):
+        model = timm.create_model(name, **kwargs).eval()
+    if form == "train":
+        return model
+    return model.fuse() if isinstance(model, RepNeXt) else timm.utils.reparameterize_model(model)
+
+
+def fx_model(model: torch.nn.Module, train: bool = False) -> torch.nn.Module:
+    """timm's ``_create_fx_model``: the traced graph returning the model's output node(s)."""
+    tracer_kwargs = dict(
+        leaf_modules=get_notrace_modules(), autowrap_functions=get_notrace_functions(), param_shapes_constant=True,
+    )
+    train_nodes, eval_nodes = get_graph_node_names(model, tracer_kwargs=tracer_kwargs)
+    eval_return_nodes, train_return_nodes = [eval_nodes[-1]], [train_nodes[-1]]
+    if train:
+        graph_nodes = list(reversed(NodePathTracer(**tracer_kwargs).trace(model).nodes))
+        output_node_names = [n.name for n in graph_nodes[0]._input_nodes.keys()]
+        graph_node_names = [n.name for n in graph_nodes]
+        train_return_nodes = [train_nodes[-graph_node_names.index(n)] for n in output_node_names]
+    return create_feature_extractor(
+        model, train_return_nodes=train_return_nodes, eval_return_nodes=eval_return_nodes,
+        tracer_kwargs=tracer_kwargs,
+    )
+
+
+def outputs(out) -> torch.Tensor:
+    return torch.cat(tuple(out.values())) if isinstance(out, dict) else out
+
+
+FORMS = pytest.mark.parametrize("form", ["train", "fused"])
+
+
+@FORMS
+@pytest.mark.parametrize("name", SCRIPTED)
+def test_forward_torchscript(name, form):
+    model = create(name, form)
+    scripted = torch.jit.script(model)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = scripted(x)
+        assert out.shape == (1, 1000) and not out.isnan().any()
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)
+
+
+@FORMS
+@pytest.mark.parametrize("name", SCRIPTED)
+def test_forward_fx(name, form):
+    """The traced graph computes exactly the eager output (the fused form's in-place ops included)."""
+    model = create(name, form)
+    with torch.inference_mode():
+        x = torch.randn(1, 3, SIZE, SIZE)
+        out = model(x)
+        traced = fx_model(model)
+        fx_out = outputs(traced(x))
+    assert torch.equal(fx_out, out)
+    # traced without autograd, still no in-place op baked into the graph (may_overwrite sees the Proxy)
+    assert not {str(n.target) for n in traced.graph.nodes} & {"add_", "aten.gelu_"}
+    assert out.shape == (1, 1000) and not out.isnan().any()
+
+
+@FORMS
+@pytest.mark.parametrize("name", SCRIPTED)
+def test_backward_fx(name, form):
+    model = create(name, form, num_classes=42).train()
+    num_params = sum(p.numel() for p in model.parameters())
+    traced = fx_model(model, train=True)
+    out = outputs(traced(torch.randn(2, 3, SIZE, SIZE)))
+    out.mean().backward()
+    missing = [n for n, p in traced.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient reached {missing[:5]}"
+    assert sum(p.grad.numel() for p in traced.parameters()) == num_params
+    assert out.shape[-1] == 42 and not out.isnan().any()
+
+
+@FORMS
+@pytest.mark.parametrize("name", SCRIPTED)
+def test_forward_fx_torchscript(name, form):
+    model = create(name, form)
+    scripted = torch.jit.script(fx_model(model))
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.inference_mode():
+        out = outputs(scripted(x))
+        assert out.shape == (1, 1000) and not out.isnan().any()
+        torch.testing.assert_close(out, model(x), rtol=1e-4, atol=1e-5)

@@ -38,7 +38,7 @@ def randomize_params(module: nn.Module, seed: int = 0) -> nn.Module:
 def test_rep_dw_conv_folds_to_one_kernel(cls, stride, size):
     module = randomize_params(cls(8, stride)).eval()
     fused = module.fuse()
-    assert isinstance(fused, nn.Conv2d) and fused.kernel_size == (cls.kernel_size,) * 2
+    assert isinstance(fused, nn.Conv2d) and fused.kernel_size == (module.kernel_size,) * 2
     x = torch.randn(2, 8, *size)
     torch.testing.assert_close(fused(x), module(x), rtol=0, atol=1e-5)
 

@@ -10,7 +10,6 @@
 Papers: RepViT (https://arxiv.org/abs/2307.09283), ConvNeXt (https://arxiv.org/abs/2201.03545),
 RepNeXt (https://arxiv.org/abs/2406.16004).
 """
-from __future__ import annotations
 
 import torch
 import torch.nn as nn
@@ -19,17 +18,19 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.convnext import ConvNeXt
 from timm.models.convnext import _cfg as _convnext_cfg
 from timm.models.convnext import checkpoint_filter_fn as convnext_filter_fn
-from timm.models.repvit import RepVit
+from timm.models.repvit import RepVit, RepVitClassifier
 from timm.models.repvit import _cfg as _repvit_cfg
+from torch.jit import Final
 
-__all__ = ["ConvNeXtDS", "ConvNeXtDownsample"]
+__all__ = ["ConvNeXtDS", "ConvNeXtDownsample", "RepVitNoDist"]
 
 
 class ConvNeXtDownsample(nn.Module):
     """RepNeXt-style downsampling for ConvNeXt: depthwise 7x7 stride 2 (C -> 2C) -> LayerNorm -> MLP, with a
     shortcut around the MLP taken before the norm (``variant='A'``) or after it (``'B'``)."""
 
-    def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 1.0, variant: str = "A"):
+    def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 1.0, variant: str = "A", device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         if variant not in ("A", "B"):
             raise ValueError(f"variant must be 'A' or 'B', got {variant!r}")
@@ -37,11 +38,11 @@ class ConvNeXtDownsample(nn.Module):
             raise ValueError(f"the downsampling layer doubles the channels, got {dim} -> {out_dim}")
         hidden = int(mlp_ratio * out_dim)
         self.variant = variant
-        self.dwconv = nn.Conv2d(dim, out_dim, kernel_size=7, stride=2, padding=3, groups=dim)
-        self.norm = LayerNorm(out_dim, eps=1e-6)
-        self.pwconv1 = nn.Linear(out_dim, hidden)
+        self.dwconv = nn.Conv2d(dim, out_dim, kernel_size=7, stride=2, padding=3, groups=dim, **dd)
+        self.norm = LayerNorm(out_dim, eps=1e-6, **dd)
+        self.pwconv1 = nn.Linear(out_dim, hidden, **dd)
         self.act = nn.GELU()
-        self.pwconv2 = nn.Linear(hidden, out_dim)
+        self.pwconv2 = nn.Linear(hidden, out_dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.dwconv(x).permute(0, 2, 3, 1)  # NHWC for the LayerNorm and the Linear layers
@@ -60,7 +61,26 @@ class ConvNeXtDS(ConvNeXt):
             norm, conv = stage.downsample
             if not (isinstance(norm, LayerNorm2d) and conv.stride == (2, 2)):
                 raise RuntimeError(f"unexpected ConvNeXt downsample layout {stage.downsample}")
-            stage.downsample = ConvNeXtDownsample(conv.in_channels, conv.out_channels, ds_mlp_ratio, ds_variant)
+            stage.downsample = ConvNeXtDownsample(conv.in_channels, conv.out_channels, ds_mlp_ratio, ds_variant,
+                                                  device=kwargs.get("device"), dtype=kwargs.get("dtype"))
+
+
+class ScriptableRepVitClassifier(RepVitClassifier):
+    """timm's RepVit head with ``distillation`` a TorchScript constant: without a distillation head, scripting
+    the plain class compiles the branch that calls the absent ``head_dist`` and fails."""
+    distillation: Final[bool]
+
+
+class RepVitNoDist(RepVit):
+    """RepVit without a distillation head (RepViT-M0.6 of the compact comparison), scriptable."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head.__class__ = ScriptableRepVitClassifier  # same state; only the class-level constant differs
+
+    def reset_classifier(self, *args, **kwargs) -> None:
+        super().reset_classifier(*args, **kwargs)
+        self.head.__class__ = ScriptableRepVitClassifier
 
 
 def _create_convnext_ds(variant: str, ds_variant: str, pretrained: bool = False, **kwargs) -> ConvNeXtDS:
@@ -76,7 +96,7 @@ def _create_convnext_ds(variant: str, ds_variant: str, pretrained: bool = False,
 def _create_repvit(variant: str, pretrained: bool = False, **kwargs) -> RepVit:
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3))
     return build_model_with_cfg(
-        RepVit, variant, pretrained,
+        RepVitNoDist, variant, pretrained,
         feature_cfg=dict(flatten_sequential=True, out_indices=out_indices),
         **kwargs,
     )

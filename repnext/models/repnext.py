@@ -21,8 +21,6 @@ multi-branch ones). Every model reparameterizes for inference with ``model.fuse(
     primaryClass={cs.CV}
 }
 """
-from __future__ import annotations
-
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import trunc_normal_
+from timm.layers import get_device_dtype, register_notrace_module, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models._manipulate import checkpoint, checkpoint_seq
@@ -48,16 +46,21 @@ def dw_conv(
         bias: bool = True,
         dilation: int = 1,
         out_dim: int | None = None,
+        device=None,
+        dtype=None,
 ) -> nn.Conv2d:
     """Depthwise conv with centred 'same' padding."""
     padding = ((kernel_size[0] - 1) * dilation // 2, (kernel_size[1] - 1) * dilation // 2)
-    return nn.Conv2d(dim, out_dim or dim, kernel_size, stride, padding, dilation, groups=dim, bias=bias)
+    return nn.Conv2d(dim, out_dim or dim, kernel_size, stride, padding, dilation, groups=dim, bias=bias,
+                     device=device, dtype=dtype)
 
 
-def may_overwrite() -> bool:
-    """Whether a fused model may compute in place: nothing records the graph (autograd would need the
-    overwritten inputs; a tracer would bake in-place ops into an export)."""
-    return not torch.is_grad_enabled() and not torch.jit.is_tracing()
+def may_overwrite(x: torch.Tensor) -> bool:
+    """Whether a fused model may compute in place on ``x``: nothing records the graph (autograd would need the
+    overwritten inputs; a tracer, jit's or FX's, would bake in-place ops into an export)."""
+    if torch.jit.is_scripting():
+        return not torch.is_grad_enabled()
+    return not (torch.is_grad_enabled() or torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy))
 
 
 class InplaceGELU(nn.GELU):
@@ -65,7 +68,7 @@ class InplaceGELU(nn.GELU):
     The same function; on CPU it saves allocating, and page-faulting, one activation-sized buffer per call."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if may_overwrite():
+        if may_overwrite(x):
             return torch.ops.aten.gelu_(x, approximate=self.approximate)
         return F.gelu(x, approximate=self.approximate)
 
@@ -73,10 +76,11 @@ class InplaceGELU(nn.GELU):
 class ConvNorm(nn.Module):
     """Conv (no bias) + BatchNorm; folds to one conv."""
 
-    def __init__(self, in_dim: int, out_dim: int, kernel_size: int = 1, stride: int = 1):
+    def __init__(self, in_dim: int, out_dim: int, kernel_size: int = 1, stride: int = 1, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
-        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, kernel_size // 2, bias=False)
-        self.norm = nn.BatchNorm2d(out_dim)
+        self.conv = nn.Conv2d(in_dim, out_dim, kernel_size, stride, kernel_size // 2, bias=False, **dd)
+        self.norm = nn.BatchNorm2d(out_dim, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(self.conv(x))
@@ -86,79 +90,101 @@ class ConvNorm(nn.Module):
 
 
 class RepDWConv(nn.Module):
-    """Depthwise paths that sum; a path is one conv or a 1xk -> kx1 pair. Subclasses define the paths.
+    """Depthwise paths that sum; a path is one conv or a 1xk -> kx1 pair. Subclasses define the paths twice,
+    as a kernel (``kernel``) and as convs run one by one (``branches``), both in TorchScript-able code.
 
     With ``online_reparam`` (the default) the forward pass computes the paths' single kernel from their
     parameters and runs one conv: the same function and gradients, a fraction of the work. Without it,
-    every path runs on its own (the reference the tests compare against).
+    every path runs on its own (the reference the tests compare against). FX treats the module as a leaf
+    (``register_notrace_module``): the kernel's composition is not a graph worth tracing.
     """
-    kernel_size: int
-    online_reparam: bool = True
 
-    def paths(self) -> list[tuple[nn.Conv2d, ...]]:
-        raise NotImplementedError
+    def __init__(self, kernel_size: int, stride: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.online_reparam = True
 
     def kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return reparam.dw_paths_kernel(self.paths(), self.kernel_size)
+        raise NotImplementedError
+
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.online_reparam:
             weight, bias = self.kernel()
             return F.conv2d(x, weight, bias, self.stride, self.kernel_size // 2, 1, weight.shape[0])
-        out = None
-        for path in self.paths():
-            y = x
-            for conv in path:
-                y = conv(y)
-            out = y if out is None else out + y
-        return out
+        return self.branches(x)
 
+    @torch.no_grad()
     def fuse(self) -> nn.Conv2d:
-        return reparam.fuse_dw_paths(self.paths(), self.kernel_size, self.stride)
+        weight, bias = self.kernel()
+        return reparam.make_conv(weight, bias, stride=self.stride, padding=self.kernel_size // 2,
+                                 groups=weight.shape[0])
 
 
+@register_notrace_module
 class RepDWConvS(RepDWConv):
     """Small-kernel multi-branch depthwise conv: 3x3 + 1x3 + 3x1 + dilated 2x2, folds to one 3x3.
 
     At stride 2 the 1x3 and 3x1 run in sequence, each striding its own axis, without biases.
     """
-    kernel_size = 3
 
-    def __init__(self, dim: int, stride: int = 1):
-        super().__init__()
-        self.stride = stride
-        self.conv_3_3 = dw_conv(dim, (3, 3), stride)
-        self.conv_3_w = dw_conv(dim, (1, 3), (1, stride), bias=stride == 1)
-        self.conv_3_h = dw_conv(dim, (3, 1), (stride, 1), bias=stride == 1)
-        self.conv_2_2 = dw_conv(dim, (2, 2), stride, dilation=2)
+    def __init__(self, dim: int, stride: int = 1, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
+        super().__init__(3, stride)
+        self.conv_3_3 = dw_conv(dim, (3, 3), stride, **dd)
+        self.conv_3_w = dw_conv(dim, (1, 3), (1, stride), bias=stride == 1, **dd)
+        self.conv_3_h = dw_conv(dim, (3, 1), (stride, 1), bias=stride == 1, **dd)
+        self.conv_2_2 = dw_conv(dim, (2, 2), stride, dilation=2, **dd)
 
-    def paths(self) -> list[tuple[nn.Conv2d, ...]]:
+    def kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.kernel_size
+        terms = [reparam.conv_kernel(self.conv_3_3.weight, self.conv_3_3.bias, k)]
         if self.stride == 1:
-            return [(self.conv_3_3,), (self.conv_3_w,), (self.conv_3_h,), (self.conv_2_2,)]
-        return [(self.conv_3_3,), (self.conv_3_w, self.conv_3_h), (self.conv_2_2,)]
+            terms.append(reparam.conv_kernel(self.conv_3_w.weight, self.conv_3_w.bias, k))
+            terms.append(reparam.conv_kernel(self.conv_3_h.weight, self.conv_3_h.bias, k))
+        else:
+            terms.append(reparam.pair_kernel(self.conv_3_w.weight, self.conv_3_h.weight, self.conv_3_h.bias, k))
+        terms.append(reparam.conv_kernel(self.conv_2_2.weight, self.conv_2_2.bias, k, 2))
+        return reparam.sum_kernels(terms)
+
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1:
+            return self.conv_3_3(x) + self.conv_3_w(x) + self.conv_3_h(x) + self.conv_2_2(x)
+        return self.conv_3_3(x) + self.conv_3_h(self.conv_3_w(x)) + self.conv_2_2(x)
 
 
+@register_notrace_module
 class RepDWConvM(RepDWConv):
     """Medium-kernel ("fovea") multi-branch depthwise conv: 7x7 + 5x3 + 3x5 + (1x7 -> 7x1) + (1x5 -> 5x1),
     folds to one 7x7."""
-    kernel_size = 7
 
-    def __init__(self, dim: int, stride: int = 1):
-        super().__init__()
-        self.stride = stride
-        self.conv_7_7 = dw_conv(dim, (7, 7), stride)
-        self.conv_5_3 = dw_conv(dim, (5, 3), stride)
-        self.conv_3_5 = dw_conv(dim, (3, 5), stride)
-        self.conv_7_w = dw_conv(dim, (1, 7), (1, stride), bias=False)
-        self.conv_7_h = dw_conv(dim, (7, 1), (stride, 1), bias=False)
-        self.conv_5_w = dw_conv(dim, (1, 5), (1, stride), bias=False)
-        self.conv_5_h = dw_conv(dim, (5, 1), (stride, 1), bias=False)
+    def __init__(self, dim: int, stride: int = 1, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
+        super().__init__(7, stride)
+        self.conv_7_7 = dw_conv(dim, (7, 7), stride, **dd)
+        self.conv_5_3 = dw_conv(dim, (5, 3), stride, **dd)
+        self.conv_3_5 = dw_conv(dim, (3, 5), stride, **dd)
+        self.conv_7_w = dw_conv(dim, (1, 7), (1, stride), bias=False, **dd)
+        self.conv_7_h = dw_conv(dim, (7, 1), (stride, 1), bias=False, **dd)
+        self.conv_5_w = dw_conv(dim, (1, 5), (1, stride), bias=False, **dd)
+        self.conv_5_h = dw_conv(dim, (5, 1), (stride, 1), bias=False, **dd)
 
-    def paths(self) -> list[tuple[nn.Conv2d, ...]]:
-        return [
-            (self.conv_7_7,), (self.conv_5_3,), (self.conv_3_5,),
-            (self.conv_7_w, self.conv_7_h), (self.conv_5_w, self.conv_5_h),
-        ]
+    def kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        k = self.kernel_size
+        return reparam.sum_kernels([
+            reparam.conv_kernel(self.conv_7_7.weight, self.conv_7_7.bias, k),
+            reparam.conv_kernel(self.conv_5_3.weight, self.conv_5_3.bias, k),
+            reparam.conv_kernel(self.conv_3_5.weight, self.conv_3_5.bias, k),
+            reparam.pair_kernel(self.conv_7_w.weight, self.conv_7_h.weight, self.conv_7_h.bias, k),
+            reparam.pair_kernel(self.conv_5_w.weight, self.conv_5_h.weight, self.conv_5_h.bias, k),
+        ])
+
+    def branches(self, x: torch.Tensor) -> torch.Tensor:
+        return (self.conv_7_7(x) + self.conv_5_3(x) + self.conv_3_5(x)
+                + self.conv_7_h(self.conv_7_w(x)) + self.conv_5_h(self.conv_5_w(x)))
 
 
 class ChunkConv(nn.Module):
@@ -168,19 +194,22 @@ class ChunkConv(nn.Module):
     the same network, only the training-time branches are gone.
     """
 
-    def __init__(self, dim: int, srp: bool = True):
+    def __init__(self, dim: int, srp: bool = True, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         if dim % 4:
             raise ValueError(f"ChunkConv needs a channel count divisible by 4, got {dim}")
         chunk = dim // 4
         self.conv_i = nn.Identity()
-        self.conv_s = RepDWConvS(chunk) if srp else dw_conv(chunk, (3, 3))
-        self.conv_m = RepDWConvM(chunk) if srp else dw_conv(chunk, (7, 7))
-        self.conv_l = nn.Sequential(dw_conv(chunk, (1, 11)), dw_conv(chunk, (11, 1)))
+        self.conv_s = RepDWConvS(chunk, **dd) if srp else dw_conv(chunk, (3, 3), **dd)
+        self.conv_m = RepDWConvM(chunk, **dd) if srp else dw_conv(chunk, (7, 7), **dd)
+        self.conv_l = nn.Sequential(dw_conv(chunk, (1, 11), **dd), dw_conv(chunk, (11, 1), **dd))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        i, s, m, l = torch.chunk(x, 4, dim=1)  # noqa: E741 (the paper's names)
-        return torch.cat((self.conv_i(i), self.conv_s(s), self.conv_m(m), self.conv_l(l)), dim=1)
+        chunks = torch.chunk(x, 4, dim=1)  # indexed, not unpacked: FX cannot iterate a Proxy
+        return torch.cat(
+            (self.conv_i(chunks[0]), self.conv_s(chunks[1]), self.conv_m(chunks[2]), self.conv_l(chunks[3])), dim=1,
+        )
 
     def fuse(self, mode: str = "full") -> nn.Module:
         if mode.startswith("single_branch"):
@@ -191,10 +220,11 @@ class ChunkConv(nn.Module):
 class CopyConv(nn.Module):
     """Downsample token mixer: S and M (stride 2) each see all channels; outputs concatenated (C -> 2C)."""
 
-    def __init__(self, dim: int, stride: int = 2, srp: bool = True):
+    def __init__(self, dim: int, stride: int = 2, srp: bool = True, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
-        self.conv_s = RepDWConvS(dim, stride) if srp else dw_conv(dim, (3, 3), stride)
-        self.conv_m = RepDWConvM(dim, stride) if srp else dw_conv(dim, (7, 7), stride)
+        self.conv_s = RepDWConvS(dim, stride, **dd) if srp else dw_conv(dim, (3, 3), stride, **dd)
+        self.conv_m = RepDWConvM(dim, stride, **dd) if srp else dw_conv(dim, (7, 7), stride, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat((self.conv_s(x), self.conv_m(x)), dim=1)
@@ -205,27 +235,30 @@ class CopyConv(nn.Module):
         return reparam.fuse_children(self, mode)
 
 
-def channel_mixer(dim: int, mlp_ratio: float) -> nn.Sequential:
+def channel_mixer(dim: int, mlp_ratio: float, device=None, dtype=None) -> nn.Sequential:
+    dd = {"device": device, "dtype": dtype}
     hidden = int(dim * mlp_ratio)
-    return nn.Sequential(ConvNorm(dim, hidden), nn.GELU(), ConvNorm(hidden, dim))
+    return nn.Sequential(ConvNorm(dim, hidden, **dd), nn.GELU(), ConvNorm(hidden, dim, **dd))
 
 
 class MetaNeXtBlock(nn.Module):
     """``x + channel_mixer(norm(token_mixer(x)))``. ``inplace`` (set by ``RepNeXt.fuse``): the residual is added
     into the mixer's fresh output when ``may_overwrite``."""
-    inplace: bool = False
 
-    def __init__(self, dim: int, mlp_ratio: float = 2.0, single_branch: bool = False, srp: bool = True):
+    def __init__(self, dim: int, mlp_ratio: float = 2.0, single_branch: bool = False, srp: bool = True,
+                 device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
-        self.token_mixer = dw_conv(dim, (11, 11)) if single_branch else ChunkConv(dim, srp)
-        self.norm = nn.BatchNorm2d(dim)
-        self.channel_mixer = channel_mixer(dim, mlp_ratio)
+        self.inplace = False  # an instance attribute, so that TorchScript sees it
+        self.token_mixer = dw_conv(dim, (11, 11), **dd) if single_branch else ChunkConv(dim, srp, **dd)
+        self.norm = nn.BatchNorm2d(dim, **dd)
+        self.channel_mixer = channel_mixer(dim, mlp_ratio, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.channel_mixer(self.norm(self.token_mixer(x)))
-        return y.add_(x) if self.inplace and may_overwrite() else x + y
+        return y.add_(x) if self.inplace and may_overwrite(y) else x + y
 
-    def fuse(self, mode: str = "full") -> MetaNeXtBlock:
+    def fuse(self, mode: str = "full") -> "MetaNeXtBlock":
         fused = reparam.fuse_children(self, mode)
         if mode != "official" and isinstance(fused.norm, nn.BatchNorm2d):
             # the norm feeds only the 1x1 channel mixer (not the shortcut): fold it forward, exactly
@@ -237,25 +270,26 @@ class MetaNeXtBlock(nn.Module):
 class Downsample(nn.Module):
     """``y = norm(token_mixer(x)); y + channel_mixer(y)``: the shortcut skips only the channel mixer, so the
     norm folds into the token mixer's kernels. ``inplace``: as in ``MetaNeXtBlock``."""
-    inplace: bool = False
 
     def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 2.0, single_branch: bool = False,
-                 srp: bool = True):
+                 srp: bool = True, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         if out_dim != 2 * dim:
             raise ValueError(f"RepNeXt downsampling doubles the channels, got {dim} -> {out_dim}")
+        self.inplace = False
         self.token_mixer = (
-            dw_conv(dim, (7, 7), 2, out_dim=out_dim) if single_branch else CopyConv(dim, srp=srp)
+            dw_conv(dim, (7, 7), 2, out_dim=out_dim, **dd) if single_branch else CopyConv(dim, srp=srp, **dd)
         )
-        self.norm = nn.BatchNorm2d(out_dim)
-        self.channel_mixer = channel_mixer(out_dim, mlp_ratio)
+        self.norm = nn.BatchNorm2d(out_dim, **dd)
+        self.channel_mixer = channel_mixer(out_dim, mlp_ratio, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(self.token_mixer(x))
         y = self.channel_mixer(x)
-        return y.add_(x) if self.inplace and may_overwrite() else x + y
+        return y.add_(x) if self.inplace and may_overwrite(y) else x + y
 
-    def fuse(self, mode: str = "full") -> Downsample:
+    def fuse(self, mode: str = "full") -> "Downsample":
         fused = reparam.fuse_children(self, "official" if mode == "official" else "full")
         if mode == "official" or not isinstance(fused.norm, nn.BatchNorm2d):
             return fused
@@ -272,11 +306,12 @@ class Downsample(nn.Module):
 class Stem(nn.Module):
     """Two 3x3 stride-2 ConvNorms with a GELU between: stride 4."""
 
-    def __init__(self, in_chans: int, out_dim: int):
+    def __init__(self, in_chans: int, out_dim: int, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         self.stride = 4
         self.stem = nn.Sequential(
-            ConvNorm(in_chans, out_dim // 2, 3, 2), nn.GELU(), ConvNorm(out_dim // 2, out_dim, 3, 2),
+            ConvNorm(in_chans, out_dim // 2, 3, 2, **dd), nn.GELU(), ConvNorm(out_dim // 2, out_dim, 3, 2, **dd),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,10 +319,11 @@ class Stem(nn.Module):
 
 
 class NormLinear(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int):
+    def __init__(self, in_dim: int, out_dim: int, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
-        self.norm = nn.BatchNorm1d(in_dim)
-        self.linear = nn.Linear(in_dim, out_dim)
+        self.norm = nn.BatchNorm1d(in_dim, **dd)
+        self.linear = nn.Linear(in_dim, out_dim, **dd)
         trunc_normal_(self.linear.weight, std=0.02)
         nn.init.zeros_(self.linear.bias)
 
@@ -302,14 +338,15 @@ class Classifier(nn.Module):
     """Two heads (class and distillation), always built, as upstream. Distilled training returns both;
     otherwise (and always in eval) their mean, which is what fuses into one Linear."""
 
-    def __init__(self, dim: int, num_classes: int, distillation: bool = False):
+    def __init__(self, dim: int, num_classes: int, distillation: bool = False, device=None, dtype=None):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         self.num_classes = num_classes
         self.distilled_training = distillation
-        self.head = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.head_dist = NormLinear(dim, num_classes) if num_classes > 0 else nn.Identity()
+        self.head = NormLinear(dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
+        self.head_dist = NormLinear(dim, num_classes, **dd) if num_classes > 0 else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor):  # Tensor, or (Tensor, Tensor) in Python; TorchScript infers Tensor
         x, x_dist = self.head(x), self.head_dist(x)
         if self.distilled_training and self.training and not torch.jit.is_scripting():
             return x, x_dist
@@ -335,14 +372,19 @@ class RepNeXtStage(nn.Module):
             downsample: bool = True,
             single_branch: bool = False,
             srp: bool = True,
+            device=None,
+            dtype=None,
     ):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         if downsample:
-            self.downsample = Downsample(in_dim, out_dim, mlp_ratio, single_branch, srp)
+            self.downsample = Downsample(in_dim, out_dim, mlp_ratio, single_branch, srp, **dd)
         else:
             assert in_dim == out_dim
             self.downsample = nn.Identity()
-        self.blocks = nn.Sequential(*[MetaNeXtBlock(out_dim, mlp_ratio, single_branch, srp) for _ in range(depth)])
+        self.blocks = nn.Sequential(
+            *[MetaNeXtBlock(out_dim, mlp_ratio, single_branch, srp, **dd) for _ in range(depth)],
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.downsample(x))
@@ -363,7 +405,10 @@ class RepNeXt(nn.Module):
             srp: bool = True,
             distillation: bool = False,
             drop_rate: float = 0.0,
+            device=None,
+            dtype=None,
     ):
+        dd = {"device": device, "dtype": dtype}
         super().__init__()
         if global_pool not in ("", "avg"):
             raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
@@ -374,14 +419,14 @@ class RepNeXt(nn.Module):
         self.global_pool = global_pool
         self.grad_checkpointing = False
 
-        self.stem = Stem(in_chans, embed_dim[0])
+        self.stem = Stem(in_chans, embed_dim[0], **dd)
         stride = self.stem.stride
         self.feature_info = []
         stages = []
         in_dim = embed_dim[0]
         for i, (dim, n) in enumerate(zip(embed_dim, depth)):
             stages.append(RepNeXtStage(in_dim, dim, n, mlp_ratio, downsample=i > 0, single_branch=single_branch,
-                                       srp=srp))
+                                       srp=srp, **dd))
             stride *= 2 if i > 0 else 1
             self.feature_info.append(dict(num_chs=dim, reduction=stride, module=f"stages.{i}"))
             in_dim = dim
@@ -389,7 +434,7 @@ class RepNeXt(nn.Module):
 
         self.num_features = self.head_hidden_size = embed_dim[-1]
         self.head_drop = nn.Dropout(drop_rate)
-        self.head = Classifier(self.num_features, num_classes, distillation)
+        self.head = Classifier(self.num_features, num_classes, distillation, **dd)
 
     @torch.jit.ignore
     def group_matcher(self, coarse: bool = False) -> dict:
@@ -409,14 +454,15 @@ class RepNeXt(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.head
 
-    def reset_classifier(self, num_classes: int, global_pool: str | None = None, distillation: bool = False):
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None, distillation: bool = False,
+                         device=None, dtype=None):
+        dd = get_device_dtype(self, device=device, dtype=dtype)
         self.num_classes = num_classes
         if global_pool is not None:
             if global_pool not in ("", "avg"):
                 raise ValueError(f"global_pool must be 'avg' or '' (none), got {global_pool!r}")
             self.global_pool = global_pool
-        device = next(self.parameters()).device
-        self.head = Classifier(self.num_features, num_classes, distillation).to(device)
+        self.head = Classifier(self.num_features, num_classes, distillation, **dd)
         self.head.train(self.training)
 
     @torch.jit.ignore
@@ -500,7 +546,7 @@ class RepNeXt(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     @torch.no_grad()
-    def fuse(self, mode: str = "full", channels_last: bool | None = None, inplace: bool = True) -> RepNeXt:
+    def fuse(self, mode: str = "full", channels_last: bool | None = None, inplace: bool = True) -> "RepNeXt":
         """The inference form (a new model; ``self`` is untouched). Modes: see ``repnext.reparam``.
 
         Two choices of execution, both exact, measured by ``python -m repnext.bench`` (repnext_m1, batch 16,
