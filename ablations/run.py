@@ -21,7 +21,6 @@ from pathlib import Path
 
 from ablations import PAPER_TABLES
 from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_profile, make_executor, slurm_parameters
-from ablations.released import released_runs
 from ablations.render import index_entry, render_index, render_table
 from ablations.runner import RunnerInterrupted, execute, failure_report, pending_runs
 from ablations.spec import SpecError, available_tables, load_spec
@@ -142,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [dataclasses.replace(run, config=dataclasses.replace(run.config, **location))
                 for run in spec.expand(args.profile)]
         if spec.name == "released":  # its cells evaluate files: the releases (full) or the imagenet runs' (smoke)
+            from ablations.released import released_runs  # here: it imports torch (bad arguments answer first)
+
             runs = released_runs(runs, args.profile, results, args.checkpoints)
         selected = {run.run_id for run in spec.expand(args.profile, args.only)}  # --only limits what runs
         pending = pending_runs(runs, results)
