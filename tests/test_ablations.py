@@ -51,7 +51,7 @@ def test_specs_name_existing_models_and_reference_rows():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--table", "nope"], "unknown table 'nope'; expected one of: compact, downsample"),
+    (["--table", "nope"], "unknown table 'nope'; expected one of: compact, detection, downsample"),
     (["--table", "downsample", "--cluster", "kubernetes"], "unknown cluster 'kubernetes'"),
     (["--table", "downsample", "--profile", "huge"], "unknown profile 'huge'"),
     (["--table", "downsample", "--data-root", "/does/not/exist"], "data root /does/not/exist does not exist"),
