@@ -177,7 +177,7 @@ def test_gpu_mask_rcnn_m5_steps_at_1333x800():
     assert model.backbone.body(images[0][None]).__len__() == 4
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # 3 short runs: about 60 s on a free 2-core CPU
 def test_segmentation_run_resumes_to_the_same_record(tmp_path, monkeypatch):
     from repnext.dense.engine import train_dense
     from repnext.train import Interrupted

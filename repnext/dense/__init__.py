@@ -5,7 +5,11 @@ match the official mmdet/mmseg runs where that changes numbers (``../shared/refe
 protocol; the README lists what still differs). Modules:
 
 * ``detection``: ``build_mask_rcnn(model_name, num_classes=80)``;
-* ``segmentation``: ``build_semantic_fpn(model_name, num_classes=150)``.
+* ``segmentation``: ``build_semantic_fpn(model_name, num_classes=150)``;
+* ``coco`` / ``ade``: the datasets (pycocotools; ADE20K with mmseg's pipelines) and their evaluation;
+* ``synthetic``: the smoke sets (digits on canvases in both layouts), made on first use;
+* ``protocol``: the settings per task and profile; ``engine``: training and evaluation (resumable, DDP);
+* ``experiment``: one cell of the ``detection`` / ``segmentation`` table (what the notebooks call).
 
 Record schema (``record.json`` ``metrics`` of a run of the ``detection`` / ``segmentation`` tables; the
 official-log importer writes the same keys). Percent, floats:
