@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .errors import StoreError
+from .messages import first_line
 
 
 def write_failure(path: Path, error: BaseException) -> StoreError:
@@ -21,7 +22,7 @@ def write_failure(path: Path, error: BaseException) -> StoreError:
     if getattr(error, "errno", None) == errno.ENOSPC or (free is not None and free < 1 << 20):
         reason = f"no space left on device ({free / 2**20:.1f} MiB free)" if free is not None else "no space left"
         return StoreError(f"cannot write {path}: {reason}; the previous version, if any, is intact")
-    reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[0] or type(error).__name__
+    reason = getattr(error, "strerror", None) or first_line(error)
     return StoreError(f"cannot write {path}: {reason}; the previous version, if any, is intact")
 
 

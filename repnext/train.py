@@ -510,10 +510,23 @@ def agree(env: Dist, stop: bool, save: bool, bad_step: torch.Tensor, bad_loss: t
 def lost_peer_message(error: BaseException, env: Dist) -> str:
     others = [r for r in range(env.world) if r != env.rank]
     who = f"rank {others[0]}" if len(others) == 1 else f"one or more of ranks {others}"
-    return f"lost {who} (its process ended or its node failed): {str(error).strip().splitlines()[0][:300]}"
+    return f"lost {who} (its process ended or its node failed): {first_line(error)[:300]}"
 
 
 @holds_run_lock(lambda: launch_env().main, lambda config: check_launch(config.resolve()))
+def resume(path: Path, state: dict, **parts: object) -> None:
+    """Restore ``state``'s keys and every part's ``state_dict`` (those not None and kept in the checkpoint;
+    the model and optimizer always are) from the checkpoint at ``path``."""
+    try:
+        ckpt = load_checkpoint(path)
+    except Exception as e:  # a foreign or truncated file: say which, touch nothing
+        raise TrainingError(f"cannot resume from {path}: {first_line(e)}") from None
+    for key, part in parts.items():
+        if part is not None and (key in ("model", "optimizer") or ckpt.get(key) is not None):
+            part.load_state_dict(ckpt[key])
+    state.update({k: ckpt[k] for k in state})
+
+
 def train(
         config: RunConfig,
         output: str | Path,
@@ -591,17 +604,7 @@ def train(
     state = {"epoch": 0, "step": 0, "history": [], "best": None, "partial": [0.0, 0, 0],
              "train_time": 0.0, "train_samples": 0}
     if paths.checkpoint.is_file():
-        try:
-            ckpt = load_checkpoint(paths.checkpoint)
-        except Exception as e:  # a foreign or truncated file: say which, touch nothing
-            raise TrainingError(f"cannot resume from {paths.checkpoint}: {first_line(e)}") from None
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if ema is not None and ckpt.get("ema") is not None:
-            ema.load_state_dict(ckpt["ema"])
-        if scaler is not None and ckpt.get("scaler") is not None:
-            scaler.load_state_dict(ckpt["scaler"])
-        state.update({k: ckpt[k] for k in state})
+        resume(paths.checkpoint, state, model=model, optimizer=optimizer, ema=ema, scaler=scaler)
     n_parameters = count_params(model)
 
     def checkpoint(epoch: int, step: int, partial: list) -> None:

@@ -27,8 +27,17 @@ from tqdm import tqdm
 from ..complexity import count_params
 from ..config import RunConfig
 from ..data import DatasetError, sample_seed, seed_everything
-from ..store import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
-from ..train import Dist, Interrupted, TrainingError, all_sum, environment, init_distributed, pick_device
+from ..store import RunPaths, read_json, save_checkpoint, write_json, write_log
+from ..train import (
+    Dist,
+    Interrupted,
+    TrainingError,
+    all_sum,
+    environment,
+    init_distributed,
+    pick_device,
+    resume,
+)
 from .ade import IGNORE, AdeSegmentation, confusion_matrix, segmentation_metrics
 from .coco import CocoInstances, detection_metrics, grouped_batches, to_coco_results
 from .protocol import DenseProtocol, get_protocol
@@ -239,13 +248,7 @@ def train_dense(task: str, config: RunConfig, output: str | Path, backbone_weigh
     schedule = Schedule(p, data.train)
     state = {"iter": 0, "history": [], "untrained": None, "partial": [0.0, 0], "train_time": 0.0}
     if paths.checkpoint.is_file():
-        try:
-            ckpt = load_checkpoint(paths.checkpoint)
-        except Exception as e:  # a foreign or truncated file: say which, touch nothing
-            raise TrainingError(f"cannot resume from {paths.checkpoint}: {str(e).splitlines()[0]}") from None
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state.update({k: ckpt[k] for k in state})
+        resume(paths.checkpoint, state, model=model, optimizer=optimizer)
     if p.evaluate_untrained and state["untrained"] is None:
         state["untrained"] = evaluate(model, task, data.val, device, env)
 
