@@ -46,9 +46,11 @@ METRICS = {
     "params_e_m": Metric("E model params (M)", lambda r: r["e_model"]["fused_params"] / 1e6),
     "gmacs_e": Metric("E model GMACs", lambda r: r["e_model"]["macs"] / 1e9),
     # the released table (repnext.validate): a checkpoint's top-1 in the training and the fused form
-    "released_top1": Metric("Top-1 (%)", lambda r: r["unfused"]["acc1"], trained=True),
-    "released_fused_top1": Metric("Fused top-1 (%)", lambda r: r["fused"]["acc1"], trained=True),
-    "logit_diff": Metric("Largest logit difference", lambda r: r["max_logit_diff"], fmt="{:.1e}", comparable=False),
+    # (.get: the imagenet table's imported log of the same run id has no evaluation of a checkpoint)
+    "released_top1": Metric("Top-1 (%)", lambda r: (r.get("unfused") or {}).get("acc1"), trained=True),
+    "released_fused_top1": Metric("Fused top-1 (%)", lambda r: (r.get("fused") or {}).get("acc1"), trained=True),
+    "logit_diff": Metric("Largest logit difference", lambda r: r.get("max_logit_diff"), fmt="{:.1e}",
+                         comparable=False),
     "throughput_img_s": Metric("Throughput (img/s)", lambda r: r["throughput"]["images_per_second"], 0,
                                comparable=False),
     # the latency table (repnext.latency): this machine's timings beside the paper's iPhone 12 ones, so no delta

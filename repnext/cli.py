@@ -10,7 +10,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from .config import DATASETS, MIN_IMG_SIZE, RunConfig
+from .config import DATASETS, MIN_IMG_SIZE, PAPER_NUM_CLASSES, RunConfig
 from .errors import RepnextError
 from .profiles import PROFILES
 from .recipes import RECIPES
@@ -142,3 +142,21 @@ def reject_bad_arguments(parser: argparse.ArgumentParser, error) -> None:
     if message is not None:
         print(f"{parser.prog}: error: {message}", file=sys.stderr)
         sys.exit(2)
+
+
+def import_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m repnext.results",
+                                description="the results store; import: official training logs -> records")
+    sub = p.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help="import DeiT log.txt / timm summary.csv files into the results store")
+    imp.add_argument("paths", nargs="+", metavar="PATH")
+    imp.add_argument("--results", default=str(DEFAULT_RESULTS), help="the results store (default: %(default)s)")
+    imp.add_argument("--table", help="default: the published file's table, else imagenet, imagenet_starnet or "
+                                     "compact, from the run")
+    imp.add_argument("--model", help="a timm model name, when the file name has none")
+    imp.add_argument("--data", choices=list(PAPER_NUM_CLASSES), help="default: from the file name, else imagenet")
+    imp.add_argument("--distillation", action=argparse.BooleanOptionalAction, default=None)
+    imp.add_argument("--epochs", type=int, help="epochs the run ran, cooldown included (the log's length)")
+    imp.add_argument("--dry-run", action="store_true", help="print what each file would become; write nothing")
+    imp.add_argument("--force", action="store_true", help="replace a record of the same run from another source")
+    return p

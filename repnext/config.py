@@ -13,6 +13,8 @@ from .recipes import Recipe, get_recipe
 # fields that say where things are, not what the experiment is: not part of the run id
 LOCATION_FIELDS = ("data_root", "teacher_checkpoint", "workers", "device")
 DATASETS = ("digits", "synthetic", "imagenet", "cifar100")
+# the class counts of the papers' datasets; the first is the default where a log says nothing
+PAPER_NUM_CLASSES = {"imagenet": 1000, "cifar100": 100}
 POSITIVE_FIELDS = ("epochs", "batch_size", "img_size")
 MIN_IMG_SIZE = 32  # the models' stem and stages downsample 32x: a smaller input trains on padding
 

@@ -11,12 +11,10 @@ from pathlib import Path
 
 from .bench import throughput
 from .complexity import complexity
-from .config import RunConfig
+from .config import PAPER_NUM_CLASSES, RunConfig
 from .profiles import get_profile
 from .results import RunPaths
 from .train import StopRequests, launch_env, pick_device, train
-
-PAPER_NUM_CLASSES = {"imagenet": 1000, "cifar100": 100}
 
 
 def run_cell(config: dict | RunConfig, output: str | Path, num_classes: int | None = None, img_size: int = 224,

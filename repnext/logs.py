@@ -27,12 +27,11 @@ import timm
 import yaml
 
 from .complexity import TABLE_FUSE_MODE, Complexity, measure
-from .config import RunConfig, Settings
+from .config import PAPER_NUM_CLASSES, RunConfig, Settings
 from .messages import first_line
 from .recipes import get_recipe
 
 MANIFEST = Path(__file__).with_name("official_logs.csv")
-NUM_CLASSES = {"imagenet": 1000, "cifar100": 100}  # first: the default when nothing says otherwise
 SUMMARY_COLUMNS = {"lr": "train_lr", "train_loss": "train_loss", "eval_loss": "test_loss",
                    "eval_top1": "test_acc1", "eval_top5": "test_acc5", "epoch": "epoch"}  # DeiT order
 
@@ -163,7 +162,7 @@ def _infer_data(log: ParsedLog, model: str, stem: str) -> str:
     if args:
         return "imagenet"
     # a DeiT log says nothing but its parameter count, which depends on the head's classes
-    return next((d for d, k in NUM_CLASSES.items()
+    return next((d for d, k in PAPER_NUM_CLASSES.items()
                  if log.n_parameters == _measure(model, k, 224, "official").train_params), "imagenet")
 
 
@@ -317,7 +316,7 @@ def identify(log: ParsedLog, **overrides) -> tuple[RunConfig, str]:
 def build_record(log: ParsedLog, config: RunConfig, table: str) -> tuple[list[dict], dict]:
     """The run's log.txt history (DeiT schema) and record.json, as if trained here."""
     settings = config.resolve()
-    num_classes = NUM_CLASSES[settings.data]
+    num_classes = PAPER_NUM_CLASSES[settings.data]
     ref_table = f"compact_{settings.data}" if table == "compact" else table
     # what run_cell measures for the table (the paper's counting setting); the full profile trains at it
     measured = _measure(config.model, num_classes, settings.img_size, TABLE_FUSE_MODE.get(ref_table, "official"))

@@ -7,15 +7,23 @@ unless ``--force`` is given: re-importing a file, or a byte-identical copy, chan
 """
 from __future__ import annotations
 
-import argparse
+if __name__ == "__main__":  # python -m repnext.results: a bad argument is answered before the imports below
+    import sys
+
+    if not any(arg.endswith(".json") for arg in sys.argv[1:]):  # the dense logs' command parses its own
+        from repnext.cli import import_parser
+
+        import_parser().parse_args()
+
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .cli import import_parser
 from .dense import official_logs as dense_logs
 from .files import atomic_write_text
-from .logs import NUM_CLASSES, LogImportError, ParsedLog, build_record, identify, parse
+from .logs import LogImportError, ParsedLog, build_record, identify, parse
 from .store import (  # noqa: F401  (the store's names, where the project has always imported them from)
     DEFAULT_RESULTS,
     RunPaths,
@@ -126,26 +134,8 @@ def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: s
     return Imported(table, record, "replaced" if replaced else "imported", replaced)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m repnext.results",
-                                description="the results store; import: official training logs -> records")
-    sub = p.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="import DeiT log.txt / timm summary.csv files into the results store")
-    imp.add_argument("paths", nargs="+", metavar="PATH")
-    imp.add_argument("--results", default=str(DEFAULT_RESULTS), help="the results store (default: %(default)s)")
-    imp.add_argument("--table", help="default: the published file's table, else imagenet, imagenet_starnet or "
-                                     "compact, from the run")
-    imp.add_argument("--model", help="a timm model name, when the file name has none")
-    imp.add_argument("--data", choices=list(NUM_CLASSES), help="default: from the file name, else imagenet")
-    imp.add_argument("--distillation", action=argparse.BooleanOptionalAction, default=None)
-    imp.add_argument("--epochs", type=int, help="epochs the run ran, cooldown included (the log's length)")
-    imp.add_argument("--dry-run", action="store_true", help="print what each file would become; write nothing")
-    imp.add_argument("--force", action="store_true", help="replace a record of the same run from another source")
-    return p
-
-
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = import_parser().parse_args(argv)
     overrides = {k: getattr(args, k) for k in ("model", "data", "distillation", "epochs")}
     counts: dict[str, int] = {}
     planned: dict[str, ParsedLog] = {}

@@ -513,7 +513,6 @@ def lost_peer_message(error: BaseException, env: Dist) -> str:
     return f"lost {who} (its process ended or its node failed): {first_line(error)[:300]}"
 
 
-@holds_run_lock(lambda: launch_env().main, lambda config: check_launch(config.resolve()))
 def resume(path: Path, state: dict, **parts: object) -> None:
     """Restore ``state``'s keys and every part's ``state_dict`` (those not None and kept in the checkpoint;
     the model and optimizer always are) from the checkpoint at ``path``."""
@@ -527,6 +526,7 @@ def resume(path: Path, state: dict, **parts: object) -> None:
     state.update({k: ckpt[k] for k in state})
 
 
+@holds_run_lock(lambda: launch_env().main, lambda config: check_launch(config.resolve()))
 def train(
         config: RunConfig,
         output: str | Path,

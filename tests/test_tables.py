@@ -8,7 +8,7 @@ import pytest
 from ablations.render import index_entry, render_index, table_frame
 from ablations.run import main
 from ablations.spec import load_spec
-from repnext.experiment import PAPER_NUM_CLASSES
+from repnext.config import PAPER_NUM_CLASSES
 from repnext.results import main as import_logs
 from repnext.results import write_json
 
