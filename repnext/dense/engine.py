@@ -35,6 +35,7 @@ from ..train import (
     all_sum,
     environment,
     init_distributed,
+    launch_env,
     pick_device,
     resume,
 )
@@ -227,8 +228,9 @@ def train_dense(task: str, config: RunConfig, output: str | Path, backbone_weigh
     done = _prepare(paths, config)
     if done is not None:
         return done
-    device = pick_device(config.device)
-    env = init_distributed(device)
+    launched = launch_env()
+    device = pick_device(config.device, launched)
+    env = init_distributed(device, launched)
     try:
         data = build_data(p, config.data_root)
     except DatasetError as e:
@@ -243,7 +245,8 @@ def train_dense(task: str, config: RunConfig, output: str | Path, backbone_weigh
     if env.world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
-    ddp = nn.parallel.DistributedDataParallel(model) if env.world > 1 else model
+    ddp = (nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+           if env.world > 1 else model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
     schedule = Schedule(p, data.train)
     state = {"iter": 0, "history": [], "untrained": None, "partial": [0.0, 0], "train_time": 0.0}
