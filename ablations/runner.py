@@ -165,6 +165,8 @@ def stops_jobs_on_signals(fn):
 def _submit(executor: submitit.Executor, function: NotebookJob, task: NotebookTask) -> submitit.Job:
     """Submit with SIGINT ignored: the local controller and job inherit that, so Ctrl-C to the terminal's process
     group reaches the runner alone, which stops the jobs in order (a checkpoint, a complete run.ipynb)."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        return executor.submit(function, task)
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         return executor.submit(function, task)

@@ -91,8 +91,8 @@ def test_downsample_table_over_two_nodes(two_node_slurm, tmp_path):
         assert r["environment"]["world_size"] == 2 and r["environment"]["hosts"] == ["node1", "node2"]
         assert r["best"]["acc1"] > 20
     assert "| 5.22 " in (tables / "downsample.md").read_text()
-    script = next(results.glob(".submitit/*/*_submission.sh")).read_text()
-    assert "--nodes=2" in script and "--cpus-per-task=1 --kill-on-bad-exit=1 " in script
+    # (the sbatch script's --nodes and srun arguments: test_srun_restates_cpus_per_task...; the runner prunes
+    # .submitit/ after a run without failures)
 
 
 @pytest.mark.slow
