@@ -513,6 +513,16 @@ def lost_peer_message(error: BaseException, env: Dist) -> str:
     return f"lost {who} (its process ended or its node failed): {first_line(error)[:300]}"
 
 
+def make_run_folder(root: Path) -> None:
+    """Create the run's folder (and its parents), refusing in one line one that cannot be made or written."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TrainingError(f"cannot create output folder {root}: {e.strerror}") from None
+    if not os.access(root, os.W_OK):
+        raise TrainingError(f"output folder {root} is not writable")
+
+
 def resume(path: Path, state: dict, **parts: object) -> None:
     """Restore ``state``'s keys and every part's ``state_dict`` (those not None and kept in the checkpoint;
     the model and optimizer always are) from the checkpoint at ``path``."""
@@ -548,12 +558,7 @@ def train(
     paths = RunPaths(Path(output).expanduser())
     settings = config.resolve()
     launched, device = check_launch(settings)
-    try:
-        paths.root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainingError(f"cannot create output folder {paths.root}: {e.strerror}") from None
-    if not os.access(paths.root, os.W_OK):
-        raise TrainingError(f"output folder {paths.root} is not writable")
+    make_run_folder(paths.root)
     check_run_folder(paths, config)
     record = read_json(paths.record)
     if record is not None and record.get("status") == "complete":

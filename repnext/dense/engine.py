@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +35,7 @@ from ..train import (
     environment,
     init_distributed,
     launch_env,
+    make_run_folder,
     pick_device,
     resume,
 )
@@ -205,12 +205,7 @@ def summarise(task: str, history: list[dict]) -> dict:
 
 def _prepare(paths: RunPaths, config: RunConfig) -> dict | None:
     """The folder ready for ``config``; its complete record if the run is done."""
-    try:
-        paths.root.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TrainingError(f"cannot create output folder {paths.root}: {e.strerror}") from None
-    if not os.access(paths.root, os.W_OK):
-        raise TrainingError(f"output folder {paths.root} is not writable")
+    make_run_folder(paths.root)
     stored = read_json(paths.config)
     if stored is not None and stored["config"] != dataclasses.asdict(config):
         raise TrainingError(f"{paths.root} holds another run ({stored.get('run_id')}, not {config.run_id}); "
