@@ -20,7 +20,7 @@ REQUEUE_WAIT_S = CHECKPOINT_WAIT_S + 30  # how long the other ranks wait for ran
 
 @dataclass(frozen=True)
 class NotebookTask:
-    """One run's execution. The run folder's file names come from ``repnext.results.RunPaths`` (the runner
+    """One run's execution. The run folder's file names come from ``repnext.store.RunPaths`` (the runner
     fills them in), so the job process does not import torch just to know them: 4.5 s a job."""
     run_id: str
     notebook: str        # the table's notebook (absolute path)

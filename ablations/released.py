@@ -8,7 +8,7 @@ import dataclasses
 from pathlib import Path
 
 from repnext.profiles import get_profile
-from repnext.results import RunPaths
+from repnext.store import RunPaths
 from repnext.validate import release_file
 
 from .render import complete_record

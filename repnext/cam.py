@@ -33,7 +33,7 @@ from torch import nn
 from .checkpoint import CheckpointError, adapt_state_dict, read_checkpoint
 from .models.repnext import RepNeXt
 from .recipes import REPVIT
-from .results import RunPaths, read_json
+from .store import RunPaths, read_json
 
 METHODS = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "scorecam": ScoreCAM}
 SAMPLES = ("chelsea", "astronaut", "coffee", "china", "flower")
@@ -502,7 +502,7 @@ def run_cell(config: dict, output: str | Path, checkpoints: dict | None = None,
     """
     from .config import RunConfig
     from .profiles import for_profile, get_profile
-    from .results import write_json
+    from .store import write_json
     from .train import Dist, environment
 
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)

@@ -16,7 +16,7 @@ from torch import nn
 
 from .complexity import complexity, count_macs, count_params, inference_form
 from .config import RunConfig
-from .results import RunPaths, write_json
+from .store import RunPaths, write_json
 from .train import Dist, environment
 
 FORMS = ("official", "full", "single_branch", "single_branch_plain")

@@ -13,7 +13,7 @@ from .bench import throughput
 from .complexity import complexity
 from .config import PAPER_NUM_CLASSES, RunConfig
 from .profiles import get_profile
-from .results import RunPaths
+from .store import RunPaths
 from .train import StopRequests, launch_env, pick_device, train
 
 

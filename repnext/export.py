@@ -38,7 +38,7 @@ from .cli import EXPORT_FORMATS, export_argument_error, export_parser
 from .complexity import inference_form
 from .messages import first_line
 from .models import RepNeXt
-from .results import write_json
+from .store import write_json
 
 PARITY_TOL = 1e-4
 FORMATS = EXPORT_FORMATS

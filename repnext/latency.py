@@ -33,7 +33,7 @@ import torch
 from .bench import forms_of, fused_form, gpu_throughput, make_step, run, timed
 from .config import RunConfig
 from .profiles import for_profile
-from .results import RunPaths, write_json
+from .store import RunPaths, write_json
 from .train import Dist, cpu_name, environment
 
 REPNEXT_FORMS = ("train", "full", "single_branch")

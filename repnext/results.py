@@ -1,4 +1,4 @@
-"""The results store (``repnext.store``, re-exported here) and the import of official logs into it.
+"""The import of official logs into the results store (``repnext.store``).
 
     python -m repnext.results import [--dry-run] [--force] $(find logs -name '*.txt' -o -name '*_summary.csv')
 
@@ -24,16 +24,7 @@ from .cli import import_parser
 from .dense import official_logs as dense_logs
 from .files import atomic_write_text
 from .logs import LogImportError, ParsedLog, build_record, identify, parse
-from .store import (  # noqa: F401  (the store's names, where the project has always imported them from)
-    DEFAULT_RESULTS,
-    RunPaths,
-    load_checkpoint,
-    log_text,
-    read_json,
-    save_checkpoint,
-    write_json,
-    write_log,
-)
+from .store import DEFAULT_RESULTS, RunPaths, log_text, read_json, write_json
 
 # --- importing official logs ---------------------------------------------------------------------------
 

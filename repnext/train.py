@@ -56,7 +56,7 @@ from .lock import holds_run_lock
 from .messages import first_line
 from .preflight import check_device, check_model, check_resumable, check_run_folder
 from .recipes import Recipe
-from .results import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
+from .store import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
 
 INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)  # what SLURM sends before time-out or preemption
 

@@ -28,7 +28,7 @@ from .config import RunConfig
 from .data import DATASETS, DatasetError, Transformed, build_dataset
 from .profiles import PROFILES
 from .recipes import RECIPES, get_recipe
-from .results import RunPaths, write_json
+from .store import RunPaths, write_json
 from .train import Dist, environment
 
 # the released files, by how they were trained (their names are in the models' pretrained cfgs)

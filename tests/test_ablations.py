@@ -11,7 +11,7 @@ from ablations import REPO
 from ablations.render import render_table, table_frame, tex_escape
 from ablations.run import main
 from ablations.spec import SpecError, available_tables, load_spec
-from repnext.results import read_json, write_json
+from repnext.store import read_json, write_json
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from repnext.bench import Case, main, online_reparam_gain, render, speedup
-from repnext.results import read_json
+from repnext.store import read_json
 
 
 def case(form: str, seconds: list[float], model: str = "repnext_m1", task: str = "throughput") -> Case:

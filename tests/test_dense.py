@@ -212,7 +212,7 @@ def test_backbone_run_is_the_imagenet_tables_run():
 def test_tables_show_paper_ours_delta(tmp_path):
     from ablations.render import table_frame, to_latex
     from ablations.spec import load_spec
-    from repnext.results import write_json
+    from repnext.store import write_json
 
     det, seg = load_spec("detection"), load_spec("segmentation")
     metrics = {"box_ap": 40.81, "box_ap50": 62.4, "box_ap75": 44.7, "mask_ap": 37.8, "mask_ap50": 59.5,

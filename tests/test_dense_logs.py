@@ -9,7 +9,7 @@ import pytest
 
 from ablations.spec import load_spec
 from repnext.dense.official_logs import DenseLogError, import_dense_log, main, metrics, parse, percent, read_config
-from repnext.results import read_json
+from repnext.store import read_json
 
 LOGS = Path(__file__).parent / "data" / "official_logs" / "dense"
 COCO, ADE = LOGS / "repnext_m3_coco.json", LOGS / "repnext_m3_ade20k.json"

@@ -8,7 +8,7 @@ import torch
 from repnext.config import RunConfig
 from repnext.files import atomic_write, atomic_write_text
 from repnext.messages import first_line
-from repnext.results import load_checkpoint, save_checkpoint
+from repnext.store import load_checkpoint, save_checkpoint
 from repnext.train import train
 
 

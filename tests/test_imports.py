@@ -73,7 +73,7 @@ def listing(graph: dict[str, set[str]]) -> str:
 def test_the_graph_is_read_from_every_kind_of_import():
     graph = import_graph()
     assert {"repnext", "repnext.models", "ablations", "ablations.render", "repnext.train"} <= set(graph)
-    assert "repnext.results" in graph["repnext.train"]  # from .results import ... (module level)
+    assert "repnext.store" in graph["repnext.train"]  # from .store import ... (module level)
     assert "repnext.export" in graph["repnext.latency"]  # from .export import export_coreml (in a function)
     assert "ablations" in graph["ablations.spec"]  # from . import NOTEBOOKS, SPECS (the package)
     assert "repnext.models" in graph["repnext.models.__main__"]  # from . import REGISTERED_MODELS

@@ -18,7 +18,7 @@ from repnext.config import RunConfig
 from repnext.latency import cpu_forms, measure_cell, measure_side_by_side
 from repnext.profiles import for_profile
 from repnext.reference import paper_value
-from repnext.results import read_json, write_json
+from repnext.store import read_json, write_json
 
 CUDA = torch.cuda.is_available()
 

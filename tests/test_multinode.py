@@ -14,7 +14,7 @@ from ablations.clusters import ClusterError, get_slurm_profile, make_executor, s
 from ablations.job import NotebookJob
 from ablations.run import main
 from ablations.runner import dead_rank, execute
-from repnext.results import read_json
+from repnext.store import read_json
 from tests.test_runner_e2e import _history, _small_run
 
 

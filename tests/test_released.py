@@ -4,7 +4,7 @@ import json
 from ablations.released import released_runs
 from ablations.run import main
 from ablations.spec import load_spec
-from repnext.results import RunPaths
+from repnext.store import RunPaths
 
 
 def test_full_profile_evaluates_the_release_files_present(tmp_path, capsys):

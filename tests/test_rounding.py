@@ -6,7 +6,7 @@ import pytest
 from ablations.render import table_frame
 from ablations.spec import load_spec
 from repnext.reference import PaperValue, round_half_up
-from repnext.results import write_json
+from repnext.store import write_json
 
 
 @pytest.mark.parametrize("value, decimals, text", [

@@ -13,7 +13,7 @@ from ablations.run import main
 from ablations.runner import notebook_task
 from ablations.spec import load_spec
 from repnext.reference import paper_value
-from repnext.results import read_json
+from repnext.store import read_json
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ from ablations.run import main
 from ablations.spec import load_spec
 from repnext.config import PAPER_NUM_CLASSES
 from repnext.results import main as import_logs
-from repnext.results import write_json
+from repnext.store import write_json
 
 LOGS = Path(__file__).parent / "data" / "official_logs"
 

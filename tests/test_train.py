@@ -18,7 +18,7 @@ from torch import nn
 import repnext.train as engine
 from repnext.config import RunConfig
 from repnext.data import build_dataset
-from repnext.results import load_checkpoint
+from repnext.store import load_checkpoint
 from repnext.train import (
     Dist,
     DistillationLoss,
