@@ -17,6 +17,7 @@ if __name__ == "__main__":  # python -m repnext.train: a bad argument is answere
     reject_bad_train_arguments()
 
 import dataclasses
+import functools
 import math
 import os
 import platform
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import nullcontext
 from pathlib import Path
+from typing import NamedTuple
 
 import timm
 import torch
@@ -523,9 +525,37 @@ def make_run_folder(root: Path) -> None:
         raise TrainingError(f"output folder {root} is not writable")
 
 
-def resume(path: Path, state: dict, **parts: object) -> None:
-    """Restore ``state``'s keys and every part's ``state_dict`` (those not None and kept in the checkpoint;
-    the model and optimizer always are) from the checkpoint at ``path``."""
+# --- one run, in pieces ----------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainState:
+    """Where a run stands, beside its weights: what checkpoint.pth holds under these keys (those of every
+    earlier checkpoint) and ``preflight.TRAINING_KEYS`` asks for. No random state: data order, augmentation
+    and mixup are seeded by (seed, epoch, position), so ``epoch`` and ``step`` place the sampler too."""
+
+    epoch: int = 0  # epochs done
+    step: int = 0  # steps done of epoch ``epoch``: non-zero in a mid-epoch checkpoint only
+    # those steps' loss sum, steps and samples over all ranks (train_loss resumes exactly)
+    partial: list = dataclasses.field(default_factory=lambda: [0.0, 0, 0])
+    history: list[dict] = dataclasses.field(default_factory=list)  # the log's lines, one an epoch
+    best: dict | None = None  # top-1, top-5 and epoch of the best evaluation
+    train_time: float = 0.0  # seconds spent in training steps, over every attempt
+    train_samples: int = 0
+
+    def state_dict(self) -> dict:
+        """Plain containers, numbers and strings: what ``torch.load(weights_only=True)`` reads back."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, state: Mapping) -> None:
+        """Take every field from ``state`` (a checkpoint: its other keys are the weights')."""
+        for field in dataclasses.fields(self):
+            setattr(self, field.name, state[field.name])
+
+
+def resume(path: Path, state: dict | TrainState, **parts: object) -> None:
+    """Restore ``state`` (a ``TrainState``, or a dict whose keys are restored) and every part's ``state_dict``
+    (those not None and kept in the checkpoint; the model and optimizer always are) from the checkpoint at
+    ``path``."""
     try:
         ckpt = load_checkpoint(path)
     except Exception as e:  # a foreign or truncated file: say which, touch nothing
@@ -533,7 +563,299 @@ def resume(path: Path, state: dict, **parts: object) -> None:
     for key, part in parts.items():
         if part is not None and (key in ("model", "optimizer") or ckpt.get(key) is not None):
             part.load_state_dict(ckpt[key])
-    state.update({k: ckpt[k] for k in state})
+    if isinstance(state, TrainState):
+        state.load_state_dict(ckpt)
+    else:
+        state.update({k: ckpt[k] for k in state})
+
+
+@dataclasses.dataclass
+class Run:
+    """One attempt at a run: what it is, where it writes, who this rank is, and how the loop is steered."""
+
+    config: RunConfig
+    settings: Settings
+    paths: RunPaths
+    env: Dist
+    device: torch.device
+    progress: bool
+    should_stop: Callable[[], bool] | None
+    checkpoint_interval: float
+    sync_steps: int
+    last_save: float = 0.0  # time.monotonic() of the last checkpoint: rank 0's clock decides periodic saves
+
+    @functools.cached_property
+    def amp(self) -> str:
+        capability = torch.cuda.get_device_capability(self.device) if self.device.type == "cuda" else None
+        return amp_dtype(self.settings.profile.amp, capability)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.settings.profile.channels_last
+
+    def save_due(self) -> bool:
+        return self.env.main and time.monotonic() - self.last_save > self.checkpoint_interval
+
+
+@dataclasses.dataclass
+class Parts:
+    """What the loop trains and evaluates with."""
+
+    model: nn.Module
+    ddp_model: nn.Module  # the model, wrapped by DDP when there are several ranks
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    ema: ModelEmaV3 | None
+    scaler: torch.amp.GradScaler | None
+    mixup: Mixup | None
+    criterion: DistillationLoss
+    train_loader: DataLoader
+    val_loader: DataLoader
+    splits: DataSplits
+    n_parameters: int
+
+
+class Scores(NamedTuple):
+    final: dict  # the trained model's evaluation at the end
+    fused: dict  # its inference form's
+    fused_model: nn.Module
+    eval_seconds: float  # of the final evaluation
+
+
+def open_run_folder(paths: RunPaths, config: RunConfig) -> dict | None:
+    """Create or check the run's folder; returns the record of a run that is complete already."""
+    make_run_folder(paths.root)
+    check_run_folder(paths, config)
+    record = read_json(paths.record)
+    if record is not None and record.get("status") == "complete":
+        return record
+    check_resumable(paths.checkpoint, config.run_id)
+    return None
+
+
+def build_models(run: Run, splits: DataSplits) -> tuple[nn.Module, nn.Module | None]:
+    """The student on its device and, for a distilled run, the frozen teacher."""
+    model = create_student(run.settings, splits.num_classes).to(run.device)
+    if run.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    teacher = None
+    if run.config.distillation:
+        teacher = build_teacher(run.settings, splits, run.paths.root, run.device, run.progress)
+        if run.channels_last:  # it sees the student's channels_last input
+            teacher = teacher.to(memory_format=torch.channels_last)
+    return model, teacher
+
+
+def build_criterion(recipe: Recipe, num_classes: int, teacher: nn.Module | None) -> tuple[Mixup | None, nn.Module]:
+    """Mixup/CutMix (None without them) and the loss, distilled when there is a teacher."""
+    mixup = None
+    if recipe.mixup > 0 or recipe.cutmix > 0:
+        mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
+                      switch_prob=recipe.mixup_switch_prob, mode=recipe.mixup_mode,
+                      label_smoothing=recipe.smoothing, num_classes=num_classes)
+        base_criterion = SoftTargetCrossEntropy()
+    elif recipe.smoothing:
+        base_criterion = LabelSmoothingCrossEntropy(recipe.smoothing)
+    else:
+        base_criterion = nn.CrossEntropyLoss()
+    return mixup, DistillationLoss(base_criterion, teacher, recipe.distill_alpha, "hard", recipe.distill_tau)
+
+
+def build_parts(run: Run) -> Parts:
+    """Everything the loop uses; config.json is written once the data, models and loaders were accepted (a
+    failed start claims no folder). The order is the random generator's: it must not change."""
+    s, env = run.settings, run.env
+    try:
+        splits = build_dataset(s.data, run.config.data_root, s.img_size)
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
+    seed_everything(sample_seed(s.seed, env.rank))
+    if run.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+    model, teacher = build_models(run, splits)
+    train_loader, val_loader = build_loaders(s, splits, env, model)
+    if env.main:
+        write_json(run.paths.config, s.as_dict())
+    recipe = s.recipe
+    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=s.lr, weight_decay=recipe.weight_decay,
+                                    eps=recipe.opt_eps)
+    scheduler = build_scheduler(optimizer, recipe)
+    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
+    scaler = torch.amp.GradScaler("cuda") if run.amp == "float16" else None
+    mixup, criterion = build_criterion(recipe, splits.num_classes, teacher)
+    ddp_model = model
+    if env.world > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[run.device] if run.device.type == "cuda" else None)
+    return Parts(model, ddp_model, optimizer, scheduler, ema, scaler, mixup, criterion, train_loader, val_loader,
+                 splits, count_params(model))
+
+
+def resume_state(run: Run, parts: Parts) -> TrainState:
+    """A fresh state, or the one of the folder's checkpoint with the parts' states restored."""
+    state = TrainState()
+    if run.paths.checkpoint.is_file():
+        resume(run.paths.checkpoint, state, model=parts.model, optimizer=parts.optimizer, ema=parts.ema,
+               scaler=parts.scaler)
+    return state
+
+
+def save_state(run: Run, parts: Parts, state: TrainState) -> None:
+    """Rank 0 writes checkpoint.pth (atomically): the parts' states and ``state``."""
+    if run.env.main:
+        save_checkpoint(run.paths.checkpoint, {
+            "model": parts.model.state_dict(), "optimizer": parts.optimizer.state_dict(),
+            "ema": parts.ema.state_dict() if parts.ema is not None else None,
+            "scaler": parts.scaler.state_dict() if parts.scaler is not None else None,
+            **state.state_dict(), "run_id": run.config.run_id,
+        })
+    run.last_save = time.monotonic()
+
+
+def failure(run: Run, error: str, **where: int) -> TrainingError:
+    """The error that ends the run; rank 0 writes it, and where it happened, as the failed record."""
+    if run.env.main:
+        write_json(run.paths.record, {"status": "failed", "run_id": run.config.run_id, "error": error, **where})
+    return TrainingError(error)
+
+
+class EpochSums:
+    """This rank's running loss sum, steps and samples of an epoch, and its first non-finite loss (step -1:
+    none yet); the tensors stay on the device, so that a step does not wait for the GPU."""
+
+    def __init__(self, partial: list, device: torch.device):
+        self.loss = torch.tensor(float(partial[0]), dtype=torch.float64, device=device)
+        self.steps, self.samples = partial[1], partial[2]
+        self.bad_step = torch.tensor(-1.0, dtype=torch.float64, device=device)
+        self.bad_loss = torch.zeros_like(self.bad_step)
+
+    def add(self, loss: torch.Tensor, step: int, samples: int) -> None:
+        self.loss += loss
+        self.steps, self.samples = self.steps + 1, self.samples + samples
+        new_bad = (self.bad_step < 0) & ~torch.isfinite(loss)
+        self.bad_step = torch.where(new_bad, step, self.bad_step)
+        self.bad_loss = torch.where(new_bad, loss, self.bad_loss)
+
+    def values(self) -> list[float]:
+        return [self.loss.item(), self.steps, self.samples]
+
+
+def prepare_batch(run: Run, parts: Parts, x: torch.Tensor, y: torch.Tensor, epoch: int, step: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    if parts.mixup is not None:  # seeded by the step, not by process state: a resumed run mixes alike
+        seed_everything(sample_seed(run.settings.seed, epoch, step, run.env.rank, 1))
+        x, y = parts.mixup(x, y)
+    return x, y
+
+
+def agree_or_fail(run: Run, sums: EpochSums, stop: bool, save: bool, epoch: int, lr: float) -> tuple[bool, bool]:
+    """Whether every rank stops, and saves, now (``agree``); a non-finite loss on any rank ends the run."""
+    stop, save, bad = agree(run.env, stop, save, sums.bad_step, sums.bad_loss)
+    if bad is not None:
+        rank, bad_at, value = bad
+        where = f" on rank {rank}" if run.env.world > 1 else ""
+        error = f"loss is {value} at epoch {epoch}, step {bad_at}{where} (lr {lr:.3g}); the run diverged"
+        raise failure(run, error, epoch=epoch, step=bad_at, rank=rank)
+    return stop, save
+
+
+def train_epoch(run: Run, parts: Parts, state: TrainState, epoch: int, lr: float) -> list[float]:
+    """Train epoch ``epoch`` from step ``state.step``; returns its loss sum, steps and samples over all ranks.
+    The ranks agree every ``sync_steps`` steps and at the last; stopped, the run checkpoints and raises
+    ``Interrupted``."""
+    env, loader, start = run.env, parts.train_loader, state.step
+    # a mid-epoch checkpoint holds the global partial sums: rank 0 resumes with them, the others at zero
+    sums = EpochSums(state.partial if start and env.main else [0.0, 0, 0], run.device)
+    loader.sampler.set_epoch(epoch)
+    loader.sampler.start = start * loader.batch_size
+    parts.ddp_model.train()
+    t0, last_step, stop = time.perf_counter(), start + len(loader) - 1, False
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{run.settings.recipe.epochs}", unit="step", leave=False,
+               disable=not (run.progress and env.main), initial=start, total=start + len(loader))
+    for step, (x, y) in enumerate(bar, start=start):
+        x, y = prepare_batch(run, parts, x, y, epoch, step)
+        loss = train_step(parts.ddp_model, parts.model, parts.criterion, parts.optimizer, parts.scaler,
+                          run.settings.recipe, x, y, run.amp).double()
+        if parts.ema is not None:
+            parts.ema.update(parts.model)
+        sums.add(loss, step, x.shape[0])
+        stop = stop or (run.should_stop is not None and run.should_stop())
+        save = run.save_due()
+        if not ((env.world == 1 and (stop or save)) or (step + 1) % run.sync_steps == 0 or step == last_step):
+            continue
+        stop, save = agree_or_fail(run, sums, stop, save, epoch, lr)
+        if not bar.disable:
+            bar.set_postfix(loss=f"{sums.loss.item() / sums.steps:.3f}", lr=f"{lr:.2e}")
+        if stop or save:
+            state.train_time += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            state.step, state.partial = step + 1, all_sum(sums.values(), env)  # collective
+            save_state(run, parts, state)
+            if stop:
+                raise Interrupted(f"checkpointed at epoch {epoch}, step {step + 1}; run again to resume")
+    bar.close()
+    state.train_time += time.perf_counter() - t0
+    return all_sum(sums.values(), env)
+
+
+def score(run: Run, parts: Parts, model: nn.Module) -> dict:
+    return evaluate(model, parts.val_loader, run.device, run.env, run.amp, run.channels_last)
+
+
+def run_epoch(run: Run, parts: Parts, state: TrainState, epoch: int) -> None:
+    """One epoch: train, evaluate, then checkpoint and log it."""
+    recipe = run.settings.recipe
+    lr = set_epoch_lr(parts.scheduler, recipe, epoch)
+    loss_total, steps, samples = train_epoch(run, parts, state, epoch, lr)
+    state.train_samples += int(samples)
+    if run.env.world > 1:  # every rank evaluates (and ends) with the same BatchNorm statistics
+        distribute_bn(parts.model, run.env.world, reduce=recipe.dist_bn == "reduce")
+    metrics = score(run, parts, parts.model)
+    entry = {"train_lr": lr, "train_loss": loss_total / max(steps, 1), "test_loss": metrics["loss"],
+             "test_acc1": metrics["acc1"], "test_acc5": metrics["acc5"], "epoch": epoch,
+             "n_parameters": parts.n_parameters}
+    state.history.append(entry)
+    if state.best is None or metrics["acc1"] > state.best["acc1"]:
+        state.best = {"acc1": metrics["acc1"], "acc5": metrics["acc5"], "epoch": epoch}
+    state.epoch, state.step, state.partial = epoch + 1, 0, [0.0, 0, 0]
+    save_state(run, parts, state)
+    if run.env.main:
+        write_log(run.paths.log, state.history)
+        if run.progress:
+            tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: loss {entry['train_loss']:.4f}, "
+                       f"top-1 {metrics['acc1']:.2f}, top-5 {metrics['acc5']:.2f}, lr {lr:.2e}")
+
+
+def final_scores(run: Run, parts: Parts) -> Scores:
+    """The trained model's scores and its inference form's, which must be exactly the same."""
+    t0 = time.perf_counter()
+    final = score(run, parts, parts.model)
+    eval_seconds = time.perf_counter() - t0
+    fused = inference_form(parts.model)
+    return Scores(final, score(run, parts, fused), fused, eval_seconds)
+
+
+def final_record(run: Run, parts: Parts, state: TrainState, scores: Scores, extra: dict | None) -> dict:
+    config, s = run.config, run.settings
+    kept = ("acc1", "acc5", "loss")
+    return {
+        "status": "complete", "run_id": config.run_id, "model": config.model, "recipe": s.recipe.name,
+        "profile": s.profile.name, "data": s.data, "data_description": parts.splits.description,
+        "distillation": config.distillation,
+        "epochs": s.recipe.epochs, "img_size": s.img_size, "batch_size": s.batch_size,
+        "lr": s.lr, "num_classes": parts.splits.num_classes,
+        "best": state.best, "final": {k: scores.final[k] for k in kept},
+        "fused": {k: scores.fused[k] for k in kept},
+        "params": parts.n_parameters, "fused_params": count_params(scores.fused_model),
+        "macs": count_macs(scores.fused_model.cpu(), (1, 3, s.img_size, s.img_size)),
+        "train_images_per_second": state.train_samples / max(state.train_time, 1e-9),
+        "eval_images_per_second": scores.final["n"] / max(scores.eval_seconds, 1e-9),
+        "train_time_s": state.train_time, "source": "trained", "environment": environment(run.device, run.env),
+        **(extra or {}),
+    }
 
 
 @holds_run_lock(lambda: launch_env().main, lambda config: check_launch(config.resolve()))
@@ -555,188 +877,28 @@ def train(
     ``extra`` is merged into the record (what a table measures beside the training, e.g. its complexity).
     The run holds its folder's lock (``repnext.lock``) throughout; ``wait_for_lock=True`` waits for a holder.
     """
-    paths = RunPaths(Path(output).expanduser())
-    settings = config.resolve()
+    paths, settings = RunPaths(Path(output).expanduser()), config.resolve()
     launched, device = check_launch(settings)
-    make_run_folder(paths.root)
-    check_run_folder(paths, config)
-    record = read_json(paths.record)
-    if record is not None and record.get("status") == "complete":
-        return record
-    check_resumable(paths.checkpoint, config.run_id)
-
-    env = init_distributed(device, launched)
+    finished = open_run_folder(paths, config)
+    if finished is not None:
+        return finished
+    run = Run(config, settings, paths, init_distributed(device, launched), device, progress, should_stop,
+              checkpoint_interval, sync_steps)
+    parts = build_parts(run)
+    state = resume_state(run, parts)
+    run.last_save = time.monotonic()
     try:
-        splits = build_dataset(settings.data, config.data_root, settings.img_size)
-    except DatasetError as e:
-        raise TrainingError(str(e)) from None
-    seed_everything(sample_seed(settings.seed, env.rank))
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
-    model = create_student(settings, splits.num_classes).to(device)
-    profile, recipe = settings.profile, settings.recipe
-    channels_last = profile.channels_last
-    amp = amp_dtype(profile.amp, torch.cuda.get_device_capability(device) if device.type == "cuda" else None)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    teacher = build_teacher(settings, splits, paths.root, device, progress) if config.distillation else None
-    if teacher is not None and channels_last:  # it sees the student's channels_last input
-        teacher = teacher.to(memory_format=torch.channels_last)
-    train_loader, val_loader = build_loaders(settings, splits, env, model)
-    if env.main:  # written once all of the above has been accepted: a failed start claims no folder
-        write_json(paths.config, settings.as_dict())
-
-    optimizer = create_optimizer_v2(model, opt=recipe.opt, lr=settings.lr, weight_decay=recipe.weight_decay,
-                                    eps=recipe.opt_eps)
-    scheduler = build_scheduler(optimizer, recipe)
-    ema = ModelEmaV3(model, decay=recipe.ema_decay) if recipe.ema_decay else None
-    scaler = torch.amp.GradScaler("cuda") if amp == "float16" else None
-    mixup = None
-    if recipe.mixup > 0 or recipe.cutmix > 0:
-        mixup = Mixup(mixup_alpha=recipe.mixup, cutmix_alpha=recipe.cutmix, prob=recipe.mixup_prob,
-                      switch_prob=recipe.mixup_switch_prob, mode=recipe.mixup_mode,
-                      label_smoothing=recipe.smoothing, num_classes=splits.num_classes)
-        base_criterion = SoftTargetCrossEntropy()
-    elif recipe.smoothing:
-        base_criterion = LabelSmoothingCrossEntropy(recipe.smoothing)
-    else:
-        base_criterion = nn.CrossEntropyLoss()
-    criterion = DistillationLoss(base_criterion, teacher, recipe.distill_alpha, "hard", recipe.distill_tau)
-    ddp_model = model
-    if env.world > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-
-    state = {"epoch": 0, "step": 0, "history": [], "best": None, "partial": [0.0, 0, 0],
-             "train_time": 0.0, "train_samples": 0}
-    if paths.checkpoint.is_file():
-        resume(paths.checkpoint, state, model=model, optimizer=optimizer, ema=ema, scaler=scaler)
-    n_parameters = count_params(model)
-
-    def checkpoint(epoch: int, step: int, partial: list) -> None:
-        """Collective: a mid-epoch checkpoint holds the partial sums of all ranks."""
-        if step:
-            partial = all_sum(partial, env)
-        if not env.main:
-            return
-        save_checkpoint(paths.checkpoint, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "scaler": scaler.state_dict() if scaler is not None else None,
-            "epoch": epoch, "step": step, "partial": list(partial), "history": state["history"],
-            "best": state["best"], "train_time": state["train_time"], "train_samples": state["train_samples"],
-            "run_id": config.run_id,
-        })
-
-    last_save = time.monotonic()
-    try:
-        for epoch in range(state["epoch"], recipe.epochs):
-            lr = set_epoch_lr(scheduler, recipe, epoch)
-            start_step = state["step"] if epoch == state["epoch"] else 0
-            # a mid-epoch checkpoint holds the global partial sums: rank 0 resumes with them, the others at zero
-            partial = state["partial"] if start_step and env.main else [0.0, 0, 0]
-            loss_sum = torch.tensor(float(partial[0]), dtype=torch.float64, device=device)
-            steps, samples = partial[1], partial[2]
-            bad_step = torch.tensor(-1.0, dtype=torch.float64, device=device)
-            bad_loss = torch.zeros_like(bad_step)
-            train_loader.sampler.set_epoch(epoch)
-            train_loader.sampler.start = start_step * train_loader.batch_size
-            ddp_model.train()
-            t0 = time.perf_counter()
-            last_step, stop = start_step + len(train_loader) - 1, False
-            bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{recipe.epochs}", unit="step", leave=False,
-                       disable=not (progress and env.main), initial=start_step,
-                       total=start_step + len(train_loader))
-            for step, (x, y) in enumerate(bar, start=start_step):
-                x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                if mixup is not None:
-                    seed_everything(sample_seed(settings.seed, epoch, step, env.rank, 1))
-                    x, y = mixup(x, y)
-                loss = train_step(ddp_model, model, criterion, optimizer, scaler, recipe, x, y, amp).double()
-                if ema is not None:
-                    ema.update(model)
-                loss_sum += loss
-                steps, samples = steps + 1, samples + x.shape[0]
-                new_bad = (bad_step < 0) & ~torch.isfinite(loss)
-                bad_step, bad_loss = torch.where(new_bad, step, bad_step), torch.where(new_bad, loss, bad_loss)
-                stop = stop or (should_stop is not None and should_stop())
-                save = env.main and time.monotonic() - last_save > checkpoint_interval
-                if not ((env.world == 1 and (stop or save)) or (step + 1) % sync_steps == 0 or step == last_step):
-                    continue
-                stop, save, bad = agree(env, stop, save, bad_step, bad_loss)
-                if bad is not None:
-                    rank, bad_at, value = bad
-                    where = f" on rank {rank}" if env.world > 1 else ""
-                    error = f"loss is {value} at epoch {epoch}, step {bad_at}{where} (lr {lr:.3g}); the run diverged"
-                    if env.main:
-                        write_json(paths.record, {"status": "failed", "run_id": config.run_id, "error": error,
-                                                  "epoch": epoch, "step": bad_at, "rank": rank})
-                    raise TrainingError(error)
-                if not bar.disable:
-                    bar.set_postfix(loss=f"{loss_sum.item() / steps:.3f}", lr=f"{lr:.2e}")
-                if stop or save:
-                    state["train_time"] += time.perf_counter() - t0
-                    t0 = time.perf_counter()
-                    checkpoint(epoch, step + 1, [loss_sum.item(), steps, samples])
-                    last_save = time.monotonic()
-                    if stop:
-                        raise Interrupted(f"checkpointed at epoch {epoch}, step {step + 1}; run again to resume")
-            bar.close()
-            state["train_time"] += time.perf_counter() - t0
-            loss_total, steps, samples = all_sum([loss_sum.item(), steps, samples], env)
-            state["train_samples"] += int(samples)
-            if env.world > 1:  # every rank evaluates (and ends) with the same BatchNorm statistics
-                distribute_bn(model, env.world, reduce=recipe.dist_bn == "reduce")
-            metrics = evaluate(model, val_loader, device, env, amp, channels_last)
-            entry = {"train_lr": lr, "train_loss": loss_total / max(steps, 1), "test_loss": metrics["loss"],
-                     "test_acc1": metrics["acc1"], "test_acc5": metrics["acc5"], "epoch": epoch,
-                     "n_parameters": n_parameters}
-            state["history"].append(entry)
-            if state["best"] is None or metrics["acc1"] > state["best"]["acc1"]:
-                state["best"] = {"acc1": metrics["acc1"], "acc5": metrics["acc5"], "epoch": epoch}
-            state["epoch"], state["step"] = epoch + 1, 0
-            checkpoint(epoch + 1, 0, [0.0, 0, 0])
-            last_save = time.monotonic()
-            if env.main:
-                write_log(paths.log, state["history"])
-                if progress:
-                    tqdm.write(f"epoch {epoch + 1}/{recipe.epochs}: loss {entry['train_loss']:.4f}, "
-                               f"top-1 {metrics['acc1']:.2f}, top-5 {metrics['acc5']:.2f}, lr {lr:.2e}")
-
-        # the inference form must score exactly what the training form scores
-        t0 = time.perf_counter()
-        final = evaluate(model, val_loader, device, env, amp, channels_last)
-        eval_seconds = time.perf_counter() - t0
-        fused = inference_form(model)
-        fused_metrics = evaluate(fused, val_loader, device, env, amp, channels_last)
+        for epoch in range(state.epoch, settings.recipe.epochs):
+            run_epoch(run, parts, state, epoch)
+        scores = final_scores(run, parts)
     except RuntimeError as e:  # a collective failed: a peer is gone. Say so, and end this rank too
-        if isinstance(e, TrainingError) or env.world == 1 or not lost_peer(e):
+        if isinstance(e, TrainingError) or run.env.world == 1 or not lost_peer(e):
             raise
-        error = lost_peer_message(e, env)
-        if env.main:
-            write_json(paths.record, {"status": "failed", "run_id": config.run_id, "error": error,
-                                      "epoch": state["epoch"]})
-        raise TrainingError(error) from None
-    record = {
-        "status": "complete", "run_id": config.run_id, "model": config.model, "recipe": recipe.name,
-        "profile": profile.name, "data": settings.data, "data_description": splits.description,
-        "distillation": config.distillation,
-        "epochs": recipe.epochs, "img_size": settings.img_size, "batch_size": settings.batch_size,
-        "lr": settings.lr, "num_classes": splits.num_classes,
-        "best": state["best"], "final": {"acc1": final["acc1"], "acc5": final["acc5"], "loss": final["loss"]},
-        "fused": {"acc1": fused_metrics["acc1"], "acc5": fused_metrics["acc5"], "loss": fused_metrics["loss"]},
-        "params": n_parameters, "fused_params": count_params(fused),
-        "macs": count_macs(fused.cpu(), (1, 3, settings.img_size, settings.img_size)),
-        "train_images_per_second": state["train_samples"] / max(state["train_time"], 1e-9),
-        "eval_images_per_second": final["n"] / max(eval_seconds, 1e-9),
-        "train_time_s": state["train_time"], "source": "trained", "environment": environment(device, env),
-        **(extra or {}),
-    }
-    if env.main:
+        raise failure(run, lost_peer_message(e, run.env), epoch=state.epoch) from None
+    record = final_record(run, parts, state, scores, extra)
+    if run.env.main:
         write_json(paths.record, record)
     return record
-
 
 # --- command line ----------------------------------------------------------------------------------------
 
