@@ -18,12 +18,14 @@ from torch import nn
 import repnext.train as engine
 from repnext.config import RunConfig
 from repnext.data import build_dataset
+from repnext.preflight import TRAINING_KEYS
 from repnext.store import load_checkpoint
 from repnext.train import (
     Dist,
     DistillationLoss,
     Interrupted,
     TrainingError,
+    TrainState,
     amp_dtype,
     backend_for,
     build_loaders,
@@ -141,6 +143,32 @@ def test_run_writes_the_store(uninterrupted):
     assert (ckpt["epoch"], ckpt["step"]) == (3, 0)
     config = json.loads((out / "config.json").read_text())
     assert config["run_id"] == SMALL.run_id and config["resolved"]["batch_size"] == 8
+
+
+def test_train_state_round_trips_through_a_weights_only_checkpoint(uninterrupted, tmp_path):
+    state = TrainState(epoch=2, step=3, partial=[1.25, 3.0, 24.0], history=[{"epoch": 0, "train_loss": 1.5}],
+                       best={"acc1": 50.0, "acc5": 100.0, "epoch": 1}, train_time=4.5, train_samples=128)
+    torch.save(state.state_dict(), tmp_path / "state.pth")
+    loaded = TrainState()
+    loaded.load_state_dict(torch.load(tmp_path / "state.pth", weights_only=True))
+    assert loaded == state and loaded != TrainState()
+    saved = state.state_dict()
+    state.history.append({"epoch": 1})  # the loop goes on: what was saved stays as it was
+    assert saved["history"] == [{"epoch": 0, "train_loss": 1.5}]
+    with pytest.raises(KeyError, match="train_samples"):
+        TrainState().load_state_dict({k: v for k, v in saved.items() if k != "train_samples"})
+
+    # a run's checkpoint: the state's keys (those preflight asks for) beside the weights'
+    out, record = uninterrupted
+    ckpt = load_checkpoint(out / "checkpoint.pth")
+    assert set(ckpt) == set(TrainState().state_dict()) | {"model", "optimizer", "ema", "scaler", "run_id"}
+    assert set(TRAINING_KEYS) <= set(ckpt)
+    resumed = TrainState()
+    resumed.load_state_dict(ckpt)
+    assert (resumed.epoch, resumed.step, resumed.partial) == (3, 0, [0.0, 0, 0])
+    assert resumed.history == [json.loads(line) for line in (out / "log.txt").read_text().splitlines()]
+    assert resumed.best == record["best"] and resumed.train_time == record["train_time_s"] > 0
+    assert resumed.train_samples == 3 * 64
 
 
 def test_a_finished_run_is_not_redone(uninterrupted):
