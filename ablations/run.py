@@ -220,9 +220,14 @@ def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per
           " ".join(f"{k}={v}" for k, v in sorted(params.items())))
 
 
-if __name__ == "__main__":
+def script() -> int:
+    """``python ablations/run.py`` and ``repnext-run``."""
     try:
-        sys.exit(main())
+        return main()
     except KeyboardInterrupt:  # outside a table's jobs (those are stopped by the runner): nothing to stop
         print("ablations/run.py: interrupted by SIGINT", file=sys.stderr)
-        sys.exit(130)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(script())
