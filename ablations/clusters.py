@@ -116,13 +116,18 @@ def make_executor(cluster: str, folder: Path, slurm: SlurmProfile | None = None,
     extra = {"slurm_max_num_timeout": slurm.max_num_timeout} if cluster == "slurm" and slurm else {}
     executor = submitit.AutoExecutor(folder=folder, cluster=cluster, **extra)
     if cluster != "slurm":
-        executor.update_parameters(name=name, timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=tasks_per_node)
+        executor.update_parameters(**local_parameters(name, tasks_per_node))
         return executor
     if slurm is None:
         raise ClusterError("the slurm cluster needs a profile (slurm/clusters.toml)")
     slurm.check()
     executor.update_parameters(**slurm_parameters(slurm, name, max_parallel))
     return executor
+
+
+def local_parameters(name: str = "repnext", tasks_per_node: int = 1) -> dict:
+    """What submitit's local and debug executors are given."""
+    return dict(name=name, timeout_min=LOCAL_TIMEOUT_MIN, tasks_per_node=tasks_per_node)
 
 
 def slurm_parameters(slurm: SlurmProfile, name: str = "repnext", max_parallel: int = 256) -> dict:

@@ -20,7 +20,14 @@ import time
 from pathlib import Path
 
 from ablations import PAPER_TABLES
-from ablations.clusters import CLUSTERS, ClusterError, check_slurm, get_slurm_profile, make_executor, slurm_parameters
+from ablations.clusters import (
+    CLUSTERS,
+    ClusterError,
+    check_slurm,
+    get_slurm_profile,
+    local_parameters,
+    slurm_parameters,
+)
 from ablations.render import index_entry, render_index, render_table
 from ablations.runner import RunnerInterrupted, execute, failure_report, pending_runs
 from ablations.spec import SpecError, available_tables, load_spec
@@ -208,17 +215,19 @@ def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per
     if slurm is not None:  # what sbatch would be given; no SLURM client needed to see it
         params = slurm_parameters(slurm, f"repnext-{spec.name}", max_parallel)
     else:
-        with tempfile.TemporaryDirectory() as folder:  # a dry run leaves nothing behind
-            executor = make_executor(args.cluster, Path(folder), slurm, max_parallel, tasks_per_node,
-                                     name=f"repnext-{spec.name}")
-            params = getattr(executor._executor, "parameters", {})  # what the local runner is given
+        params = local_parameters(f"repnext-{spec.name}", tasks_per_node)
     print(f"  executor {args.cluster}: max_parallel={max_parallel} " +
           " ".join(f"{k}={v}" for k, v in sorted(params.items())))
 
 
-if __name__ == "__main__":
+def script() -> int:
+    """``python ablations/run.py`` and ``repnext-run``."""
     try:
-        sys.exit(main())
+        return main()
     except KeyboardInterrupt:  # outside a table's jobs (those are stopped by the runner): nothing to stop
         print("ablations/run.py: interrupted by SIGINT", file=sys.stderr)
-        sys.exit(130)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(script())

@@ -42,6 +42,7 @@ import repnext
 
 from .cli import BENCH_MODELS, BENCH_REFS, BENCH_TASKS, bench_argument_error, bench_parser
 from .messages import first_line
+from .models import is_repnext
 from .preflight import PreflightError, check_device
 from .store import write_json
 from .train import Dist, cpu_name, environment
@@ -92,7 +93,7 @@ def build_form(name: str, form: str, device: torch.device, channels_last: bool) 
 
 
 def forms_of(name: str) -> tuple[str, ...]:
-    if name.startswith("repnext"):
+    if is_repnext(name):
         return REPNEXT_FORMS
     model = timm.create_model(name)
     has_reparam = any(hasattr(m, n) for m in model.modules() for n in ("fuse", "reparameterize"))
@@ -102,7 +103,7 @@ def forms_of(name: str) -> tuple[str, ...]:
 def fused_form(name: str) -> str:
     """The deployed form: RepNeXt's ``full``; timm models: ``fused`` (``reparameterize_model``), or ``train``
     with nothing to fuse."""
-    return "full" if name.startswith("repnext") else forms_of(name)[-1]
+    return "full" if is_repnext(name) else forms_of(name)[-1]
 
 
 def make_step(model: nn.Module, task: str, x: torch.Tensor, amp: str) -> Callable[[], None]:
@@ -197,7 +198,7 @@ def gpu_throughput(name: str, img_size: int = 224, warmup_s: float = 5.0, time_s
     that fits, ``warmup_s`` of warm-up, then calls timed with a synchronisation after each until ``time_s``
     seconds are summed; images/s = batch / mean time."""
     dev = torch.device(device)
-    form = "official" if name.startswith("repnext") else fused_form(name)  # speed_gpu.py: replace_batchnorm
+    form = "official" if is_repnext(name) else fused_form(name)  # speed_gpu.py: replace_batchnorm
     model = build_form(name, form, dev, channels_last=False).eval()
     refused: list[str] = []  # why the first batch too large did not run
 
@@ -253,7 +254,7 @@ def render(cases: list[Case]) -> str:
             continue
         better_high = task != "latency"
         rows.sort(key=lambda c: -c.value if better_high else c.value)
-        refs = [c for c in rows if not c.model.startswith("repnext")]
+        refs = [c for c in rows if not is_repnext(c.model)]
         ref = refs[0] if refs else rows[-1]
         lines.append(f"\n{task} (batch {rows[0].batch}; ratio = speedup over {ref.model} {ref.label}, paired by round)")
         lines.append(f"{'model':<16}{'form':<20}{'median':>10} {'unit':<6}{'min':>9}{'max':>9}{'ratio':>8}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import torch
@@ -152,20 +152,21 @@ def adapt_state_dict(
     for key, value in target.items():
         if key.endswith("num_batches_tracked") and key not in out:
             out[key] = value
-    missing = set(target) - set(out) - dropped
-    unexpected = set(out) - set(target)
     shapes = [
         f"{k} {tuple(out[k].shape)} vs {tuple(target[k].shape)}"
         for k in set(out) & set(target) if out[k].shape != target[k].shape
     ]
-    if missing or unexpected or shapes:
-        name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        problems = []
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): {_summarise(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys ({len(unexpected)}): {_summarise(unexpected)}")
-        if shapes:
-            problems.append(f"shape mismatches ({len(shapes)}): {_summarise(shapes, 4)}")
-        raise CheckpointError(f"checkpoint does not fit {name}: " + "; ".join(problems))
+    name = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
+    require_fit(name, {"missing keys": set(target) - set(out) - dropped, "unexpected keys": set(out) - set(target)},
+                shapes)
     return out
+
+
+def require_fit(target: str, keys: dict[str, Collection[str]], shapes: Collection[str]) -> None:
+    """Raise a CheckpointError saying why a checkpoint does not fit ``target``: each non-empty group of ``keys``
+    and the ``shapes`` that differ (``key shape vs shape``), counted and summarised; nothing when all are empty."""
+    problems = [f"{label} ({len(found)}): {_summarise(found)}" for label, found in keys.items() if found]
+    if shapes:
+        problems.append(f"shape mismatches ({len(shapes)}): {_summarise(shapes, 4)}")
+    if problems:
+        raise CheckpointError(f"checkpoint does not fit {target}: " + "; ".join(problems))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +12,8 @@ import timm
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from .reparam import fuse
 
 # the dataset behind each reference table, where it is not ImageNet-1K
 TABLE_NUM_CLASSES = {"compact_cifar100": 100}
@@ -42,10 +43,7 @@ def count_macs(model: nn.Module, input_size: tuple[int, ...] = (1, 3, 224, 224))
 
 def inference_form(model: nn.Module, mode: str = "full") -> nn.Module:
     """The fused model: RepNeXt's ``fuse(mode)``, else timm's generic hook (models without one: as is)."""
-    model = model.eval()
-    if hasattr(model, "fuse") and "mode" in inspect.signature(model.fuse).parameters:
-        return model.fuse(mode=mode)
-    return timm.utils.reparameterize_model(model)
+    return fuse(model.eval(), mode)
 
 
 @dataclass(frozen=True)

@@ -73,9 +73,7 @@ class RunConfig:
         profile = get_profile(self.profile)
         recipe = profile.apply(get_recipe(self.recipe))
         if self.epochs is not None:
-            cooldown = recipe.epochs - recipe.sched_epochs
-            sched = self.epochs - cooldown if self.epochs > cooldown else self.epochs
-            recipe = recipe.replace(epochs=self.epochs, sched_epochs=sched)
+            recipe = recipe.with_epochs(self.epochs)
         if recipe.warmup_epochs >= recipe.epochs:  # a run no longer than its warmup would never leave it
             recipe = recipe.replace(warmup_epochs=recipe.epochs - 1)
         batch = self.batch_size or recipe.total_batch(self.distillation)

@@ -32,6 +32,7 @@ import torch
 
 from .bench import forms_of, fused_form, gpu_throughput, make_step, run, timed
 from .config import RunConfig
+from .models import is_repnext
 from .profiles import for_profile
 from .store import RunPaths, write_json
 from .train import Dist, cpu_name, environment
@@ -42,7 +43,7 @@ BACKBONE_MODELS = ("repnext_m3", "repnext_m4", "repnext_m5", "repvit_m1_1", "rep
 
 def cpu_forms(name: str) -> tuple[str, ...]:
     """The forms timed on the CPU (RepNeXt's deployed one is ``full``; a timm model's is its last)."""
-    return REPNEXT_FORMS if name.startswith("repnext") else forms_of(name)
+    return REPNEXT_FORMS if is_repnext(name) else forms_of(name)
 
 
 def _summary(seconds: list[float], batch: int) -> dict:

@@ -274,8 +274,7 @@ def infer_config(log: ParsedLog, model: str | None = None, data: str | None = No
                                  "or --no-distillation")
     recipe = "starnet" if log.format == "starnet-summary" else "repvit"
     if epochs is None:
-        recipe_ = get_recipe(recipe)
-        epochs = _infer_epochs(log, stem, recipe_.epochs - recipe_.sched_epochs)
+        epochs = _infer_epochs(log, stem, get_recipe(recipe).cooldown_epochs)
     _check_length(log, epochs)
     config = RunConfig(model, recipe, "full", data, distillation, epochs)
     # only what the log shows differs from the recipe's resolution joins the config (and the run id)

@@ -41,15 +41,12 @@ class Profile:
 
     def apply(self, recipe: Recipe) -> Recipe:
         """The recipe as this profile runs it."""
-        changes = dict(self.recipe_overrides)
+        recipe = recipe.replace(**self.recipe_overrides)
         if self.epochs is not None:
-            cooldown = recipe.epochs - recipe.sched_epochs
-            if self.cooldown_epochs is not None and cooldown:
-                cooldown = self.cooldown_epochs
-            changes.update(epochs=self.epochs, sched_epochs=self.epochs - cooldown)
+            recipe = recipe.with_epochs(self.epochs, self.cooldown_epochs)
         if self.batch_size is not None:
-            changes.update(batch_size=self.batch_size, distill_batch_size=self.batch_size)
-        return recipe.replace(**changes)
+            recipe = recipe.replace(batch_size=self.batch_size, distill_batch_size=self.batch_size)
+        return recipe
 
 
 FULL = Profile(

@@ -63,6 +63,17 @@ class Recipe:
     def total_batch(self, distillation: bool) -> int:
         return self.distill_batch_size if distillation else self.batch_size
 
+    @property
+    def cooldown_epochs(self) -> int:
+        """Epochs the loop runs after the cosine has ended, at ``min_lr`` (StarNet's 10; RepViT's none)."""
+        return self.epochs - self.sched_epochs
+
+    def with_epochs(self, epochs: int, cooldown: int | None = None) -> Recipe:
+        """The recipe run for ``epochs`` in all, its cooldown (``cooldown`` in place of its length, for a recipe
+        that has one) at the end; a run no longer than the cooldown has none (all of it is the cosine)."""
+        kept = cooldown if cooldown is not None and self.cooldown_epochs else self.cooldown_epochs
+        return self.replace(epochs=epochs, sched_epochs=epochs - kept if epochs > kept else epochs)
+
     def replace(self, **changes) -> Recipe:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:

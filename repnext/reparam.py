@@ -22,8 +22,9 @@ Fusing never touches the module it is given: every ``fuse`` returns new modules.
 from __future__ import annotations
 
 import copy
-import inspect
+from typing import Protocol, runtime_checkable
 
+import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -243,9 +244,23 @@ def fold_bn_into_copy_conv(copy_conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Modul
 
 # --- tree walking -------------------------------------------------------------------------------------
 
-def _call_fuse(module: nn.Module, mode: str) -> nn.Module:
-    fuse = module.fuse
-    return fuse(mode=mode) if "mode" in inspect.signature(fuse).parameters else fuse()
+@runtime_checkable
+class ModeFusable(Protocol):
+    """A module whose ``fuse`` takes a mode: it declares the modes it knows in ``fuse_modes``. Any other
+    ``fuse()`` has one inference form."""
+    fuse_modes: tuple[str, ...]
+
+    def fuse(self, mode: str = "full") -> nn.Module: ...
+
+
+def fuse(model: nn.Module, mode: str = "full") -> nn.Module:
+    """``model``'s inference form, a new model: ``fuse(mode)`` when it is ``ModeFusable``, else timm's walk
+    (``reparameterize_model``: a copy whose children are fused with their own ``fuse()``/``reparameterize()``;
+    a timm model's own ``fuse()`` may work in place)."""
+    check_mode(mode)
+    if isinstance(model, ModeFusable):
+        return model.fuse(mode=mode)
+    return timm.utils.reparameterize_model(model)
 
 
 def fuse_children(module: nn.Module, mode: str = "full") -> nn.Module:
@@ -255,8 +270,10 @@ def fuse_children(module: nn.Module, mode: str = "full") -> nn.Module:
 
     def walk(parent: nn.Module) -> None:
         for name, child in parent.named_children():
-            if hasattr(child, "fuse"):
-                setattr(parent, name, _call_fuse(child, mode))
+            if isinstance(child, ModeFusable):
+                setattr(parent, name, child.fuse(mode=mode))
+            elif hasattr(child, "fuse"):
+                setattr(parent, name, child.fuse())
             else:
                 walk(child)
 

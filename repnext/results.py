@@ -146,7 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if counts.get("failed") else 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``python -m repnext.results`` and ``repnext-results``: mmdet/mmseg JSON logs go to the dense tables'."""
+    argv = sys.argv[1:] if argv is None else argv
+    return dense_logs.main(argv) if any(arg.endswith(".json") for arg in argv) else main(argv)
+
+
 if __name__ == "__main__":
-    if any(arg.endswith(".json") for arg in sys.argv[1:]):  # mmdet/mmseg logs: the dense tables
-        sys.exit(dense_logs.main())
-    sys.exit(main())
+    sys.exit(cli())

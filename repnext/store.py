@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import overload
 
 from .errors import StoreError
 from .files import atomic_write, atomic_write_text
@@ -18,34 +19,30 @@ from .files import atomic_write, atomic_write_text
 DEFAULT_RESULTS = Path(os.environ.get("REPNEXT_RESULTS", "results"))
 
 
+class RunFile:
+    """A ``RunPaths`` attribute: the path of one file of the run's folder."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    @overload
+    def __get__(self, paths: None, owner: type) -> RunFile: ...
+    @overload
+    def __get__(self, paths: RunPaths, owner: type) -> Path: ...
+
+    def __get__(self, paths: RunPaths | None, owner: type) -> Path | RunFile:
+        return self if paths is None else paths.root / self.name
+
+
 @dataclass(frozen=True)
 class RunPaths:
     root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "log.txt"
-
-    @property
-    def record(self) -> Path:
-        return self.root / "record.json"
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint.pth"
-
-    @property
-    def notebook(self) -> Path:
-        return self.root / "run.ipynb"
-
-    @property
-    def stop(self) -> Path:
-        """Touched by a job's controller to ask the running training for a checkpoint (preemption)."""
-        return self.root / "stop.request"
+    config = RunFile("config.json")
+    log = RunFile("log.txt")
+    record = RunFile("record.json")
+    checkpoint = RunFile("checkpoint.pth")
+    notebook = RunFile("run.ipynb")
+    stop = RunFile("stop.request")  # touched by a job's controller to ask the training for a checkpoint (preemption)
 
 
 def write_json(path: Path, obj: object) -> Path:

@@ -56,6 +56,7 @@ from .data import DatasetError, DataSplits, Transformed, build_dataset, sample_s
 from .errors import RepnextError
 from .lock import holds_run_lock
 from .messages import first_line
+from .models import is_repnext
 from .preflight import check_device, check_model, check_resumable, check_run_folder
 from .recipes import Recipe
 from .store import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
@@ -341,7 +342,7 @@ def check_batch(batch: int, world: int, mixup: bool) -> int:
 def create_student(s: Settings, num_classes: int) -> nn.Module:
     kwargs = dict(num_classes=num_classes)
     if s.config.distillation:
-        if not s.config.model.startswith("repnext"):
+        if not is_repnext(s.config.model):
             raise TrainingError(f"distillation needs a model with a distillation head; {s.config.model} has none")
         kwargs["distillation"] = True
     try:

@@ -8,6 +8,7 @@ import pytest
 import submitit
 
 from ablations import REPO
+from ablations.clusters import local_parameters, make_executor
 from ablations.render import render_table, table_frame, tex_escape
 from ablations.run import main
 from ablations.spec import SpecError, available_tables, load_spec
@@ -85,6 +86,18 @@ def test_dry_run_lists_runs_and_executor_and_creates_nothing(tmp_path):
     for expected in ("slurm_partition=a100", "slurm_account=vision", "nodes=3", "tasks_per_node=8", "gpus_per_node=8",
                      "timeout_min=1440"):
         assert expected in out
+    assert not results.exists()
+
+
+def test_local_dry_run_prints_what_the_local_executor_is_given(tmp_path, capsys):
+    results = tmp_path / "results"
+    assert main(["--table", "downsample", "--cluster", "local", "--profile", "smoke", "--dry-run",
+                 "--results", str(results), "--tasks-per-node", "2"]) == 0
+    out = capsys.readouterr().out
+    line = next(line for line in out.splitlines() if line.startswith("  executor local: max_parallel="))
+    assert line.endswith(" name=repnext-downsample tasks_per_node=2 timeout_min=10080")
+    executor = make_executor("local", tmp_path / "jobs", tasks_per_node=2, name="repnext-downsample")
+    assert executor.parameters == local_parameters("repnext-downsample", 2)  # submitit's public attribute
     assert not results.exists()
 
 

@@ -6,7 +6,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from repnext.checkpoint import CheckpointError, read_checkpoint
+from repnext.checkpoint import CheckpointError, read_checkpoint, require_fit
 from repnext.models import REPNEXT_MODELS
 
 from .conftest import randomize_bn
@@ -112,6 +112,16 @@ def test_wrong_model_size_is_a_shape_error(manifest, tmp_path):
     torch.save({"model": official_state_dict(manifest, "repnext_m1")}, tmp_path / "m1.pth")
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load("repnext_m2", tmp_path / "m1.pth")
+
+
+def test_require_fit_counts_and_summarises_each_kind_of_misfit():
+    require_fit("m", {"missing keys": set(), "unexpected keys": []}, [])  # all fits: no error
+    with pytest.raises(CheckpointError) as err:
+        require_fit("m", {"missing keys": [f"k{i}" for i in range(9, -1, -1)], "unexpected keys": []},
+                    [f"s{i} (1,) vs (2,)" for i in range(5)])
+    assert str(err.value) == ("checkpoint does not fit m: missing keys (10): k0, k1, k2, k3, k4, k5, k6, k7 (+2 more); "
+                              "shape mismatches (5): s0 (1,) vs (2,), s1 (1,) vs (2,), s2 (1,) vs (2,), "
+                              "s3 (1,) vs (2,) (+1 more)")
 
 
 def test_not_a_checkpoint(tmp_path):

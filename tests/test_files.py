@@ -8,7 +8,7 @@ import torch
 from repnext.config import RunConfig
 from repnext.files import atomic_write, atomic_write_text
 from repnext.messages import first_line
-from repnext.store import load_checkpoint, save_checkpoint
+from repnext.store import RunPaths, load_checkpoint, save_checkpoint
 from repnext.train import train
 
 
@@ -21,6 +21,14 @@ def umask(request):
     old = os.umask(request.param)
     yield request.param
     os.umask(old)
+
+
+def test_run_paths_name_each_file_of_the_run_folder(tmp_path):
+    paths = RunPaths(tmp_path / "run")
+    files = {"config": "config.json", "log": "log.txt", "record": "record.json", "checkpoint": "checkpoint.pth",
+             "notebook": "run.ipynb", "stop": "stop.request"}
+    assert {name: getattr(paths, name) for name in files} == {n: tmp_path / "run" / f for n, f in files.items()}
+    assert paths == RunPaths(tmp_path / "run") and repr(paths) == f"RunPaths(root={tmp_path / 'run'!r})"
 
 
 def test_atomic_files_get_the_mode_of_any_new_file(tmp_path, umask):

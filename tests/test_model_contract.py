@@ -5,7 +5,7 @@ import torch
 from timm.layers import get_notrace_functions, get_notrace_modules
 from torchvision.models.feature_extraction import NodePathTracer, create_feature_extractor, get_graph_node_names
 
-from repnext.models import REGISTERED_MODELS, REPNEXT_MODELS, SINGLE_BRANCH_MODELS, RepNeXt
+from repnext.models import REGISTERED_MODELS, REPNEXT_FAMILY, REPNEXT_MODELS, SINGLE_BRANCH_MODELS, RepNeXt, is_repnext
 
 SIZE = 64  # every model has stride 32: a 2x2 final map keeps the contract checks fast
 # scripting and tracing the larger models takes minutes on a 2-core CPU
@@ -108,6 +108,16 @@ def test_distilled_training_returns_both_heads():
     assert averaged.shape == (2, 10)
     model.eval()
     assert isinstance(model(x), torch.Tensor)
+
+
+def test_is_repnext_names_exactly_the_models_repnext_builds(name):
+    assert is_repnext(name) == (name in REPNEXT_FAMILY) == isinstance(timm.create_model(name), RepNeXt)
+    assert is_repnext(timm.create_model(name)) == is_repnext(name) == is_repnext(f"{name}.dist_300e_in1k")
+
+
+def test_is_repnext_is_false_for_timm_references_and_other_names():
+    assert sorted(timm.list_models("repnext*")) == sorted(REPNEXT_FAMILY)
+    assert not any(map(is_repnext, ("repvit_m1_0", "convnext_femto", "repnext", "repnext_m9", "my_repnext_m1")))
 
 
 def test_bad_arguments_are_named():

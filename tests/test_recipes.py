@@ -59,12 +59,21 @@ def test_ablation_epochs_override_keeps_the_schedule_whole():
     assert (s.recipe.epochs, s.recipe.sched_epochs) == (100, 90)
 
 
+def test_with_epochs_keeps_the_cooldown_at_the_end():
+    starnet, repvit = get_recipe("starnet"), get_recipe("repvit")
+    assert (starnet.cooldown_epochs, repvit.cooldown_epochs) == (10, 0)
+    assert [(r.epochs, r.sched_epochs) for r in (starnet.with_epochs(100), starnet.with_epochs(100, cooldown=3),
+                                                 starnet.with_epochs(10), repvit.with_epochs(100, cooldown=3))] == [
+        (100, 90), (100, 97), (10, 10), (100, 100)]  # no longer than the cooldown: all cosine; none to resize
+    assert starnet.with_epochs(100).replace(epochs=310, sched_epochs=300) == starnet  # nothing else changes
+
+
 def test_smoke_profile_scales_the_same_recipe():
     s = RunConfig(model="repnext_m0").resolve()
     assert (s.img_size, s.batch_size, s.recipe.epochs, s.data) == (32, SMOKE.batch_size, SMOKE.epochs, "digits")
     assert s.recipe.mixup == get_recipe("repvit").mixup  # augmentation as in the paper
     starnet = RunConfig(model="repnext_m0", recipe="starnet").resolve().recipe
-    assert starnet.epochs - starnet.sched_epochs == 1  # the cooldown survives, scaled
+    assert starnet.cooldown_epochs == SMOKE.cooldown_epochs == 1  # the cooldown survives, scaled
 
 
 def test_run_id_is_stable_and_ignores_locations():

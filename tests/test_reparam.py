@@ -6,7 +6,7 @@ import timm
 import torch
 from torch import nn
 
-from repnext import FUSE_MODES
+from repnext import FUSE_MODES, reparam
 from repnext.models import REPNEXT_MODELS, SINGLE_BRANCH_MODELS
 from repnext.models.repnext import (
     ChunkConv,
@@ -17,7 +17,7 @@ from repnext.models.repnext import (
     RepDWConvM,
     RepDWConvS,
 )
-from repnext.reparam import EdgeExactDWConv
+from repnext.reparam import EdgeExactDWConv, ModeFusable
 
 from .conftest import randomize_bn
 
@@ -96,6 +96,40 @@ def test_timm_reparameterize_model_is_the_full_fuse():
         torch.testing.assert_close(via_timm(x), via_method(x), rtol=0, atol=1e-6)
         torch.testing.assert_close(via_timm(x), model(x), rtol=0, atol=TOL)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in via_method.modules())
+
+
+class Undeclared(nn.Module):
+    """A ``fuse`` that takes a mode but declares none: called as ``fuse()`` (the signature is not looked at)."""
+
+    def fuse(self, mode: str = "full") -> nn.Module:
+        return nn.Identity() if mode == "official" else nn.ReLU()
+
+
+class Declared(Undeclared):
+    fuse_modes = FUSE_MODES
+
+
+def test_fuse_gives_the_mode_to_modules_that_declare_it():
+    assert isinstance(reparam.fuse(Declared(), "official"), nn.Identity)
+    assert isinstance(reparam.fuse(Declared(), "full"), nn.ReLU)
+    assert not isinstance(Undeclared(), ModeFusable)
+    children = reparam.fuse_children(nn.Sequential(Declared(), Undeclared(), RepDWConvS(8)), "official")
+    assert [type(m) for m in children] == [nn.Identity, nn.ReLU, nn.Conv2d]  # fuse(mode), fuse(), fuse()
+    model = timm.create_model("repnext_m0")
+    assert all(isinstance(m, ModeFusable) for m in (model, model.stages[1].downsample, model.stages[0].blocks[0]))
+    assert [reparam.fuse(model, m).inference_form["mode"] for m in FUSE_MODES] == list(FUSE_MODES)
+    with pytest.raises(ValueError, match="unknown fuse mode 'fast'; expected one of official, full"):
+        reparam.fuse(model, "fast")
+
+
+def test_fuse_of_a_timm_model_without_modes_is_timms_walk():
+    model = randomize_bn(timm.create_model("repvit_m0_6")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    fused = reparam.fuse(model, "official")
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())  # the caller's model is untouched
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), rtol=0, atol=TOL)
 
 
 @pytest.mark.parametrize("mode", FUSE_MODES)

@@ -32,7 +32,7 @@ import timm
 import torch
 from torchvision.models.detection import MaskRCNN
 
-from ..checkpoint import CheckpointError, read_checkpoint
+from ..checkpoint import CheckpointError, read_checkpoint, require_fit
 from ..data import DatasetError
 from ..train import Dist, TrainingError, pick_device
 from .coco import CocoInstances
@@ -116,16 +116,8 @@ def convert_state_dict(official: dict[str, Tensor], target: dict[str, Tensor]) -
     for name in set(target) - set(out):
         if name.endswith("num_batches_tracked"):  # a counter only; some exports drop it
             out[name] = target[name]
-    missing = sorted(set(target) - set(out))
-    problems = []
-    if unmapped:
-        problems.append(f"official keys with no counterpart ({len(unmapped)}): {', '.join(unmapped[:6])}")
-    if missing:
-        problems.append(f"model keys the checkpoint does not fill ({len(missing)}): {', '.join(missing[:6])}")
-    if shapes:
-        problems.append(f"shape mismatches ({len(shapes)}): {'; '.join(shapes[:4])}")
-    if problems:
-        raise CheckpointError("the checkpoint does not fit the Mask R-CNN: " + "; ".join(problems))
+    require_fit("the Mask R-CNN", {"official keys with no counterpart": unmapped,
+                                   "model keys the checkpoint does not fill": set(target) - set(out)}, shapes)
     return out
 
 

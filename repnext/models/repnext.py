@@ -193,6 +193,7 @@ class ChunkConv(nn.Module):
     ``srp=False`` (the SRP ablation) makes S and M plain 3x3 and 7x7 depthwise convs: the inference form is
     the same network, only the training-time branches are gone.
     """
+    fuse_modes = reparam.FUSE_MODES  # fuse(mode) takes each (reparam.ModeFusable)
 
     def __init__(self, dim: int, srp: bool = True, device=None, dtype=None):
         dd = {"device": device, "dtype": dtype}
@@ -219,6 +220,7 @@ class ChunkConv(nn.Module):
 
 class CopyConv(nn.Module):
     """Downsample token mixer: S and M (stride 2) each see all channels; outputs concatenated (C -> 2C)."""
+    fuse_modes = reparam.FUSE_MODES  # fuse(mode) takes each (reparam.ModeFusable)
 
     def __init__(self, dim: int, stride: int = 2, srp: bool = True, device=None, dtype=None):
         dd = {"device": device, "dtype": dtype}
@@ -244,6 +246,7 @@ def channel_mixer(dim: int, mlp_ratio: float, device=None, dtype=None) -> nn.Seq
 class MetaNeXtBlock(nn.Module):
     """``x + channel_mixer(norm(token_mixer(x)))``. ``inplace`` (set by ``RepNeXt.fuse``): the residual is added
     into the mixer's fresh output when ``may_overwrite``."""
+    fuse_modes = reparam.FUSE_MODES  # fuse(mode) takes each (reparam.ModeFusable)
 
     def __init__(self, dim: int, mlp_ratio: float = 2.0, single_branch: bool = False, srp: bool = True,
                  device=None, dtype=None):
@@ -270,6 +273,7 @@ class MetaNeXtBlock(nn.Module):
 class Downsample(nn.Module):
     """``y = norm(token_mixer(x)); y + channel_mixer(y)``: the shortcut skips only the channel mixer, so the
     norm folds into the token mixer's kernels. ``inplace``: as in ``MetaNeXtBlock``."""
+    fuse_modes = reparam.FUSE_MODES  # fuse(mode) takes each (reparam.ModeFusable)
 
     def __init__(self, dim: int, out_dim: int, mlp_ratio: float = 2.0, single_branch: bool = False,
                  srp: bool = True, device=None, dtype=None):
@@ -392,6 +396,7 @@ class RepNeXtStage(nn.Module):
 
 class RepNeXt(nn.Module):
     """RepNeXt: stem (stride 4), four stages of MetaNeXt blocks with Downsample layers between, two heads."""
+    fuse_modes = reparam.FUSE_MODES  # fuse(mode) takes each (reparam.ModeFusable)
 
     def __init__(
             self,
