@@ -4,6 +4,7 @@ import ast
 import importlib
 import json
 
+import papermill
 import pytest
 
 from ablations import NOTEBOOKS
@@ -35,6 +36,7 @@ def test_every_notebook_calls_its_cell_the_one_way(notebook):
     cell, call = cell_of(notebook)
     keywords = cell_parameters(cell)  # the contract: (config, output, *, keyword-only ...) -> dict
     names = set(notebook_parameters(NOTEBOOKS / f"{notebook}.ipynb"))
+    assert names == set(papermill.inspect_notebook(str(NOTEBOOKS / f"{notebook}.ipynb")))  # papermill reads each
     assert {"config", "output", "paper"} <= names  # what the runner passes every run
     assert names - {"config", "output", "paper"} <= set(keywords), f"{notebook}: parameters its cell does not take"
     assert [a.id for a in call.args] == ["config", "output"]
