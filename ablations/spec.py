@@ -2,25 +2,36 @@
 
 A spec names the table's notebook, its rows in ``paper_tables/reference.csv``, the metrics it reports and a
 grid of ``RunConfig`` fields (models x recipes x epochs x ...) at the paper's scale. A profile scales each
-cell (``Profile.epochs_for``, ``Profile.dataset_for``); the run id is the hash of the scaled config.
+cell (``Profile.epochs_for``, ``Profile.dataset_for``); the run id is the hash of the scaled config. The
+notebook's parameters (``[parameters]``) are resolved for the profile there too (``{smoke = 2, full = 20}`` ->
+2), so a cell (``repnext.cells``) gets plain values; its ``fuse_mode`` is the reference table's
+(``repnext.complexity.table_fuse_mode``), not the spec's.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import fnmatch
+import functools
 import itertools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import tomllib
 
+from repnext.complexity import table_fuse_mode
 from repnext.config import RunConfig
-from repnext.profiles import PROFILES, get_profile
+from repnext.profiles import PROFILES, for_profile, get_profile
 from repnext.recipes import get_recipe
 
 from . import NOTEBOOKS, SPECS
 
 CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+# the notebook parameters the runner sets for every run (ablations.runner.notebook_task), never a spec's
+RUNNER_PARAMETERS = ("config", "output", "paper", "side_by_side")
+# notebook parameters derived from the spec's reference table, never given in a spec
+DERIVED_PARAMETERS = {"fuse_mode": "repnext.complexity.TABLE_FUSE_MODE, by the spec's reference table"}
 
 
 class SpecError(ValueError):
@@ -33,7 +44,7 @@ class Run:
     table: str
     config: RunConfig
     paper: dict          # the cell as the paper ran it (model, recipe, data, epochs, distillation ...)
-    parameters: dict     # the notebook's parameters besides config and output
+    parameters: dict     # the notebook's parameters besides config and output, resolved for the profile
 
     @property
     def run_id(self) -> str:
@@ -86,6 +97,7 @@ class TableSpec:
         # a field may list its values per profile ({smoke = [...], full = [...]}): e.g. the gradcam figure
         # shows a model trained here in smoke and the paper's released models in full
         axes = [self.grid[k][profile] if isinstance(self.grid[k], dict) else self.grid[k] for k in keys]
+        parameters = self.run_parameters(profile)
         runs = []
         for values in itertools.product(*axes):
             paper = dict(zip(keys, values))
@@ -97,8 +109,17 @@ class TableSpec:
             config = RunConfig(**cell)
             if only and not (fnmatch.fnmatch(config.model, only) or fnmatch.fnmatch(config.run_id, only)):
                 continue
-            runs.append(Run(self.name, config, paper, dict(self.parameters)))
+            runs.append(Run(self.name, config, paper, dict(parameters)))
         return runs
+
+    def run_parameters(self, profile: str) -> dict:
+        """The notebook's parameters of every run under ``profile``: the spec's, each per-profile value resolved,
+        and the fuse mode of the spec's (first) reference table where the notebook counts params and MACs."""
+        parameters = for_profile(self.parameters, profile)
+        if "fuse_mode" in notebook_parameters(self.notebook_path):
+            first = self.reference if isinstance(self.reference, str) else self.reference[0]
+            parameters["fuse_mode"] = table_fuse_mode(first)
+        return parameters
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -106,6 +127,40 @@ class TableSpec:
 
     def label(self, run: Run) -> str:
         return self.labels.get(run.config.model, run.config.model)
+
+
+@functools.cache
+def notebook_parameters(path: Path) -> tuple[str, ...]:
+    """The names the notebook's ``parameters`` cell assigns: what papermill sets in it."""
+    cells = json.loads(path.read_text())["cells"]
+    source = next(("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), "")
+    return tuple(t.id for node in ast.parse(source).body if isinstance(node, ast.Assign)
+                 for t in node.targets if isinstance(t, ast.Name))
+
+
+def _check_parameters(path: Path, parameters: dict, notebook: Path) -> None:
+    """A spec's [parameters]: the notebook's own, none the runner or the reference table sets, and a per-profile
+    value (``{smoke = .., full = ..}``, at any depth) for every profile."""
+    derived = sorted(set(parameters) & set(DERIVED_PARAMETERS))
+    if derived:
+        raise SpecError(f"{path}: [parameters] {derived} come from {DERIVED_PARAMETERS[derived[0]]}; remove them")
+    accepted = sorted(set(notebook_parameters(notebook)) - set(RUNNER_PARAMETERS) - set(DERIVED_PARAMETERS))
+    unknown = sorted(set(parameters) - set(accepted))
+    if unknown:
+        raise SpecError(f"{path}: [parameters] {unknown} are not parameters of {notebook.name}; "
+                        f"accepted: {accepted}")
+
+    def walk(key: str, value) -> None:
+        if not isinstance(value, dict):
+            return
+        if value and set(value) <= set(PROFILES) and set(value) != set(PROFILES):
+            raise SpecError(f"{path}: parameter {key!r} lists values for {sorted(value)}; a per-profile value "
+                            f"needs every profile: {sorted(PROFILES)}")
+        for k, v in value.items():
+            walk(f"{key}.{k}", v)
+
+    for key, value in parameters.items():
+        walk(key, value)
 
 
 def available_tables() -> list[str]:
@@ -146,4 +201,5 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
                      exclusive=bool(data.get("exclusive", False)))
     if not spec.notebook_path.is_file():
         raise SpecError(f"{path}: notebook {spec.notebook_path} does not exist")
+    _check_parameters(path, spec.parameters, spec.notebook_path)
     return spec

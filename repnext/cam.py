@@ -31,6 +31,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from .checkpoint import CheckpointError, adapt_state_dict, read_checkpoint
+from .config import RunConfig
 from .models.repnext import RepNeXt
 from .recipes import REPVIT
 from .store import RunPaths, read_json
@@ -463,7 +464,6 @@ def _mass(mask: np.ndarray, maps: np.ndarray) -> dict | None:
 def _cell_weights(config, output: Path, checkpoints: dict, recipe: str, epochs: int) -> tuple[str | Path, dict]:
     """What the cell explains: a run trained here on the profile's data (the profile substitutes data), or the
     checkpoint file the spec's ``checkpoints`` names (the paper's ImageNet weights; nothing is downloaded)."""
-    from .config import RunConfig
     from .profiles import get_profile
     from .train import train
 
@@ -487,7 +487,7 @@ def _cell_weights(config, output: Path, checkpoints: dict, recipe: str, epochs: 
         "data": record["data"], "img_size": record["img_size"], "final": record["final"], "best": record["best"]}}
 
 
-def run_cell(config: dict, output: str | Path, checkpoints: dict | None = None,
+def run_cell(config: dict | RunConfig, output: str | Path, *, checkpoints: dict | None = None,
              images: str = "digits", n_images: int | None = 100, figure_images: int = 10,
              methods: Sequence[str] = ("gradcam", "gradcam++"), recipe: str = "starnet", epochs: int = 3,
              img_size: int | None = None, stage: int | str = "auto", seed: int = 0) -> dict:
@@ -497,19 +497,15 @@ def run_cell(config: dict, output: str | Path, checkpoints: dict | None = None,
     ``output/train``; full reads ``checkpoints[model]``. Then CAMs of each method on ``n_images`` held-out
     images: on the digits, the share of their mass on the digit's pixels (mean RGB > ``INK_THRESHOLD``) against
     the background, over the images the model classifies right, beside a randomly initialised copy's. The
-    first ``figure_images`` go to ``output/cams.npz`` and ``output/gradcam.{png,pdf}``. Any parameter may be a
-    ``{profile: value}`` dict.
+    first ``figure_images`` go to ``output/cams.npz`` and ``output/gradcam.{png,pdf}``. The contract of
+    ``repnext.cells``: the spec's per-profile values are resolved when it expands.
     """
-    from .config import RunConfig
-    from .profiles import for_profile, get_profile
+    from .profiles import get_profile
     from .store import write_json
     from .train import Dist, environment
 
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     profile, output = config.profile, Path(output)
-    checkpoints, images, n_images, figure_images, methods, recipe, epochs, img_size, stage = (
-        for_profile(v, profile) for v in (checkpoints, images, n_images, figure_images, methods, recipe,
-                                          epochs, img_size, stage))
     paths = RunPaths(output)
     base = {"status": "complete", "run_id": config.run_id, "model": config.model, "profile": profile}
     unknown = [m for m in methods if m not in METHODS]

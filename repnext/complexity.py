@@ -13,16 +13,28 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from .config import PAPER_NUM_CLASSES
 from .reparam import fuse
 
-# the dataset behind each reference table, where it is not ImageNet-1K
-TABLE_NUM_CLASSES = {"compact_cifar100": 100}
+# the dataset behind each reference table, where it is not ImageNet-1K (its class count: PAPER_NUM_CLASSES)
+TABLE_DATA = {"compact_cifar100": "cifar100"}
 # which inference form each table counted: the README's main tables count the official fuse (post-mixer
 # BatchNorms kept: M1E 5,255,080 -> 5.3M, fully folded 5,245,520 would print 5.2M); the compact-model
-# tables count the fully folded form (M0 2.328M, not 2.333M).
+# tables count the fully folded form (M0 2.328M, not 2.333M). The one place: a table spec's runs count with
+# their reference table's (ablations.spec), and so do `make models` and the imported logs.
 TABLE_FUSE_MODE = {"compact_cifar100": "full", "compact_imagenet": "full"}
 # the exact counts behind paper_tables/models.md, written with it by `python -m repnext.models --counts`
 MEASURED_COUNTS = Path(__file__).resolve().parents[1] / "paper_tables" / "models.json"
+
+
+def table_fuse_mode(table: str) -> str:
+    """The inference form whose params/MACs the paper's reference table ``table`` reports."""
+    return TABLE_FUSE_MODE.get(table, "official")
+
+
+def table_num_classes(table: str) -> int:
+    """The class count of the dataset behind the paper's reference table ``table``."""
+    return PAPER_NUM_CLASSES[TABLE_DATA.get(table, "imagenet")]
 
 
 def count_params(model: nn.Module) -> int:

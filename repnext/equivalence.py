@@ -64,9 +64,10 @@ def measure_equivalence(name: str, img_size: int = 224, seed: int = 0, forms: tu
     return result
 
 
-def run_cell(config: dict, output: str | Path, img_size: int = 224) -> dict:
-    """One row of the equivalence table as a run of the results store: measure, write record.json."""
-    config = RunConfig.from_dict(config)
+def run_cell(config: dict | RunConfig, output: str | Path, *, img_size: int = 224) -> dict:
+    """One row of the equivalence table as a run of the results store (the contract of ``repnext.cells``):
+    measure, write record.json."""
+    config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     record = {"status": "complete", "run_id": config.run_id, "model": config.model, "profile": config.profile,
               "source": "measured", **measure_equivalence(config.model, img_size)}
     if timm.is_model(f"{config.model}e"):  # the E model trained as such, counted as the paper counts it

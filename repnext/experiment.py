@@ -1,9 +1,9 @@
 """One cell of a paper table: the run's training plus what its table reports beside accuracy.
 
-The notebooks call ``run_cell``; it measures the architecture at the paper's setting (params and MACs of the
-inference form at 224 px with the paper's class count, whatever the profile trains at) and the inference
-throughput on the device running the job, then trains (or resumes) the run. The measurements travel in the
-run's record, so a record is complete exactly when everything its table needs is in it.
+The notebooks call ``run_cell`` (the contract of ``repnext.cells``); it measures the architecture at the paper's
+setting (params and MACs of the inference form at 224 px with the paper's class count, whatever the profile
+trains at) and the inference throughput on the device running the job, then trains (or resumes) the run. The
+measurements travel in the run's record, so a record is complete exactly when everything its table needs is in it.
 """
 from __future__ import annotations
 
@@ -17,15 +17,17 @@ from .store import RunPaths
 from .train import StopRequests, launch_env, pick_device, train
 
 
-def run_cell(config: dict | RunConfig, output: str | Path, num_classes: int | None = None, img_size: int = 224,
-             fuse_mode: str = "official", throughput_batch: int | None = 16, progress: bool = False,
-             paper: dict | None = None) -> dict:
-    """Train the run ``config`` into ``output`` (resuming it if interrupted) and return its record.
+def run_cell(config: dict | RunConfig, output: str | Path, *, paper: dict | None = None,
+             num_classes: int | None = None, img_size: int = 224, fuse_mode: str = "official",
+             throughput_batch: int | None = 16, progress: bool = False) -> dict:
+    """Train the run ``config`` into ``output`` (resuming it if interrupted) and return its record (the cell
+    contract of ``repnext.cells``).
 
-    ``num_classes``/``img_size``/``fuse_mode``: the paper's counting setting for this table
-    (``repnext.complexity.TABLE_FUSE_MODE``; the counts of ``make models`` where it has them, else counted
-    here: ``repnext.complexity.complexity``); ``num_classes=None`` takes it from the paper's dataset of the
-    cell (``paper["data"]``, whatever the profile trains on). ``throughput_batch=None`` skips the throughput.
+    ``num_classes``/``img_size``/``fuse_mode``: the paper's counting setting for this table (a table spec's
+    fuse mode is its reference table's, ``repnext.complexity.table_fuse_mode``; the counts of ``make models``
+    where it has them, else counted here: ``repnext.complexity.complexity``); ``num_classes=None`` takes it
+    from the paper's dataset of the cell (``paper["data"]``, whatever the profile trains on).
+    ``throughput_batch=None`` skips the throughput.
     """
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     extra = {}

@@ -1,7 +1,7 @@
 """The latency table's measurements: how fast models' forms run on the machine running the job (no training).
 
 ``measure_side_by_side`` times the models of a table or figure together in one process and writes each one's
-``record.json`` (atomically); ``measure_cell`` is one model alone:
+``record.json`` (atomically); ``run_cell`` is the latency table's cell (the contract of ``repnext.cells``):
 
 * CPU, 224 px: batch-1 latency (ms) and batch-16 throughput (img/s) of every form each model has (RepNeXt:
   ``train``, ``full`` = the fused model, ``single_branch``; timm models: ``train`` and ``fused``), every form
@@ -17,8 +17,7 @@
 
 Every measurement carries its device, batch, resolution, dtype, memory format and threads; the record carries
 the environment (host, CPU/GPU, torch/timm versions, load average) and the run ids timed with it
-(``side_by_side``). Any parameter may be a ``{profile: value}`` dict (the table spec gives smoke few rounds and
-full many).
+(``side_by_side``). The table spec gives smoke few rounds and full many (resolved when it expands).
 """
 from __future__ import annotations
 
@@ -33,7 +32,6 @@ import torch
 from .bench import forms_of, fused_form, gpu_throughput, make_step, run, timed
 from .config import RunConfig
 from .models import is_repnext
-from .profiles import for_profile
 from .store import RunPaths, write_json
 from .train import Dist, cpu_name, environment
 
@@ -134,16 +132,31 @@ def coreml_facts(name: str, folder: Path, img_size: int = 224) -> dict:
     return {"ops": ops, "op_histogram": r["ops"], **{k: r[k] for k in keys}}
 
 
-def measure_cell(config: dict | RunConfig, output: str | Path, **parameters) -> dict:
-    """Measure ``config.model`` alone (``measure_side_by_side`` of one run); return its record."""
-    return measure_side_by_side([{"config": config, "output": output}], **parameters)[0]
+def run_cell(config: dict | RunConfig, output: str | Path, *, side_by_side: list[dict] | None = None,
+             rounds: int = 3, latency_iters: int = 2, throughput_batch: int = 16, img_size: int = 224,
+             backbone_img_size: int = 512, backbone_models: list[str] | tuple[str, ...] | None = BACKBONE_MODELS,
+             coreml: bool = False, gpu_warmup_s: float = 5.0, gpu_time_s: float = 10.0, gpu_max_batch: int = 16384,
+             threads: int | None = None, channels_last: bool = True) -> dict:
+    """Measure the runs ``side_by_side`` together (the runner gives an exclusive table's runs, ``config``'s among
+    them; None: ``config`` alone) with ``measure_side_by_side``; return ``config``'s record."""
+    runs = side_by_side or [{"config": config, "output": output}]
+    folders = [Path(run["output"]).resolve() for run in runs]
+    if Path(output).resolve() not in folders:
+        raise ValueError(f"output {str(output)!r} is none of the side_by_side runs' folders: "
+                         f"{[str(run['output']) for run in runs]}")
+    records = measure_side_by_side(
+        runs, rounds=rounds, latency_iters=latency_iters, throughput_batch=throughput_batch, img_size=img_size,
+        backbone_img_size=backbone_img_size, backbone_models=backbone_models, coreml=coreml,
+        gpu_warmup_s=gpu_warmup_s, gpu_time_s=gpu_time_s, gpu_max_batch=gpu_max_batch, threads=threads,
+        channels_last=channels_last)
+    return records[folders.index(Path(output).resolve())]
 
 
-def measure_side_by_side(runs: list[dict], rounds: int | dict = 3, latency_iters: int | dict = 2,
+def measure_side_by_side(runs: list[dict], rounds: int = 3, latency_iters: int = 2,
                          throughput_batch: int = 16, img_size: int = 224, backbone_img_size: int = 512,
                          backbone_models: list[str] | tuple[str, ...] | None = BACKBONE_MODELS,
-                         coreml: bool | dict = False, gpu_warmup_s: float | dict = 5.0,
-                         gpu_time_s: float | dict = 10.0, gpu_max_batch: int = 16384, threads: int | None = None,
+                         coreml: bool = False, gpu_warmup_s: float = 5.0,
+                         gpu_time_s: float = 10.0, gpu_max_batch: int = 16384, threads: int | None = None,
                          channels_last: bool = True) -> list[dict]:
     """Measure the models of ``runs`` (each ``{"config": RunConfig or its dict, "output": run folder}``) in this
     process, their CPU timings interleaved round by round (see the module docstring), and write each run's
@@ -163,7 +176,6 @@ def measure_side_by_side(runs: list[dict], rounds: int | dict = 3, latency_iters
     if threads:
         torch.set_num_threads(threads)
     start = time.perf_counter()
-    rounds, latency_iters = for_profile(rounds, profile), for_profile(latency_iters, profile)
     cpu = cpu_speed(names, rounds, latency_iters, throughput_batch, img_size, channels_last)
     backbones = backbone_latency([n for n in names if backbone_models is None or n in backbone_models],
                                  backbone_img_size, rounds, 1, channels_last)
@@ -175,14 +187,13 @@ def measure_side_by_side(runs: list[dict], rounds: int | dict = 3, latency_iters
                   "throughput": _throughput(cpu[name]), "gpu": None, "backbone": backbones.get(name),
                   "backbone_missing": None, "coreml": None, "coreml_missing": None}
         if torch.cuda.is_available():  # the papers' method, one model at a time (each fills the GPU)
-            record["gpu"] = gpu_throughput(name, img_size, for_profile(gpu_warmup_s, profile),
-                                           for_profile(gpu_time_s, profile), gpu_max_batch)
+            record["gpu"] = gpu_throughput(name, img_size, gpu_warmup_s, gpu_time_s, gpu_max_batch)
         record["gpu_missing"] = None if record["gpu"] else (
             f"no CUDA device on this machine ({cpu[name]['device']}); the GPU throughput was not measured")
         if record["backbone"] is None:
             record["backbone_missing"] = (f"{name} is not a detection/segmentation backbone in the papers "
                                           f"(backbone_models: {', '.join(backbone_models)})")
-        if for_profile(coreml, profile):
+        if coreml:
             record["coreml"] = coreml_facts(name, output / "coreml", img_size)
         else:
             record["coreml_missing"] = f"Core ML export off in the {profile} profile (parameter coreml)"

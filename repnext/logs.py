@@ -26,7 +26,7 @@ from pathlib import Path
 import timm
 import yaml
 
-from .complexity import TABLE_FUSE_MODE, Complexity, measure
+from .complexity import Complexity, measure, table_fuse_mode
 from .config import PAPER_NUM_CLASSES, RunConfig, Settings
 from .messages import first_line
 from .recipes import get_recipe
@@ -318,7 +318,7 @@ def build_record(log: ParsedLog, config: RunConfig, table: str) -> tuple[list[di
     num_classes = PAPER_NUM_CLASSES[settings.data]
     ref_table = f"compact_{settings.data}" if table == "compact" else table
     # what run_cell measures for the table (the paper's counting setting); the full profile trains at it
-    measured = _measure(config.model, num_classes, settings.img_size, TABLE_FUSE_MODE.get(ref_table, "official"))
+    measured = _measure(config.model, num_classes, settings.img_size, table_fuse_mode(ref_table))
     params = measured.train_params
     if log.n_parameters is not None and log.n_parameters != params:
         print(f"warning: {log.path}: n_parameters {log.n_parameters} in the log, {params} for {config.model} with "

@@ -78,11 +78,14 @@ def get_profile(name: str) -> Profile:
 
 
 def for_profile(value, profile: str):
-    """``value[profile]`` for a per-profile value (a dict whose keys are profile names, as a table spec's
-    ``{smoke = 2, full = 20}``), else ``value`` itself (other dicts too: e.g. ``{model: checkpoint}``)."""
-    if isinstance(value, dict) and value and set(value) <= set(PROFILES):
+    """``value`` as ``profile`` runs it: a per-profile value (a dict whose keys are profile names, as a table
+    spec's ``{smoke = 2, full = 20}``) becomes its ``profile`` entry, at any depth of nested dicts (e.g. a spec's
+    ``backbone_run = {..., distillation = {smoke = false, full = true}}``); other values stay as they are."""
+    if not isinstance(value, dict):
+        return value
+    if value and set(value) <= set(PROFILES):
         if profile not in value:
             raise ValueError(f"no value for profile {profile!r} in {value!r}; give one per profile "
                              f"({', '.join(PROFILES)})")
-        return value[profile]
-    return value
+        return for_profile(value[profile], profile)
+    return {k: for_profile(v, profile) for k, v in value.items()}

@@ -121,9 +121,10 @@ def report(result: dict) -> str:
     return "\n".join(lines)
 
 
-def run_cell(config: dict, output: str | Path, checkpoint: str | Path, batch_size: int = 64) -> dict:
-    """One row of the ``released`` table as a run of the results store: validate, write record.json."""
-    config = RunConfig.from_dict(config)
+def run_cell(config: dict | RunConfig, output: str | Path, *, checkpoint: str | Path, batch_size: int = 64) -> dict:
+    """One row of the ``released`` table as a run of the results store (the contract of ``repnext.cells``):
+    validate, write record.json."""
+    config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     s = config.resolve()
     result = validate(config.model, checkpoint, s.data, config.data_root, config.recipe, s.img_size, batch_size,
                       config.device, s.workers)

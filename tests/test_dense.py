@@ -196,17 +196,16 @@ def test_segmentation_run_resumes_to_the_same_record(tmp_path, monkeypatch):
 
 
 def test_backbone_run_is_the_imagenet_tables_run():
-    import tomllib
-
-    from ablations import SPECS
     from ablations.spec import load_spec
     from repnext.dense.experiment import imagenet_run
 
-    cell = tomllib.loads((SPECS / "detection.toml").read_text())["parameters"]["backbone_run"]
-    for profile, distillation in (("smoke", False), ("full", True)):
-        ids = {r.run_id for r in load_spec("imagenet").expand(profile)
-               if r.config.model == "repnext_m3" and r.config.distillation == distillation}
-        assert ids == {imagenet_run("repnext_m3", profile, cell).run_id}
+    for table in ("detection", "segmentation"):
+        for profile, distillation in (("smoke", False), ("full", True)):
+            cell = load_spec(table).expand(profile)[0].parameters["backbone_run"]  # resolved for the profile
+            assert cell["distillation"] is distillation
+            ids = {r.run_id for r in load_spec("imagenet").expand(profile)
+                   if r.config.model == "repnext_m3" and r.config.distillation == distillation}
+            assert ids == {imagenet_run("repnext_m3", profile, cell).run_id}
 
 
 def test_tables_show_paper_ours_delta(tmp_path):

@@ -15,8 +15,7 @@ from ablations.runner import job_tasks
 from ablations.spec import load_spec
 from repnext.bench import fused_form, gpu_throughput, largest_batch
 from repnext.config import RunConfig
-from repnext.latency import cpu_forms, measure_cell, measure_side_by_side
-from repnext.profiles import for_profile
+from repnext.latency import cpu_forms, measure_side_by_side, run_cell
 from repnext.reference import paper_value
 from repnext.store import read_json, write_json
 
@@ -31,12 +30,12 @@ def spec():
 @pytest.fixture(scope="module")
 def m0_record(tmp_path_factory):
     output = tmp_path_factory.mktemp("latency") / "m0"
-    record = measure_cell({"model": "repnext_m0", "profile": "smoke"}, output, rounds=2, latency_iters=1,
-                          backbone_models=None, gpu_warmup_s=0.2, gpu_time_s=0.5, gpu_max_batch=64)
+    record = run_cell({"model": "repnext_m0", "profile": "smoke"}, output, rounds=2, latency_iters=1,
+                      backbone_models=None, gpu_warmup_s=0.2, gpu_time_s=0.5, gpu_max_batch=64)
     return output, record
 
 
-def test_measure_cell_writes_a_complete_record_with_every_field(m0_record):
+def test_run_cell_writes_a_complete_record_with_every_field(m0_record):
     output, record = m0_record
     assert read_json(output / "record.json") == record  # what it returns is what the store holds
     config = RunConfig(model="repnext_m0", profile="smoke")
@@ -139,8 +138,8 @@ def test_baselines_have_train_and_fused_forms_only(tmp_path):
     assert cpu_forms("repnext_m3") == ("train", "full", "single_branch") and fused_form("repnext_m3") == "full"
     assert cpu_forms("repvit_m1_1") == ("train", "fused") and fused_form("repvit_m1_1") == "fused"
     assert cpu_forms("convnext_femto") == ("train",) and fused_form("convnext_femto") == "train"  # nothing to fuse
-    record = measure_cell({"model": "repvit_m0_6", "profile": "smoke"}, tmp_path, rounds=1, latency_iters=1,
-                          backbone_models=["repnext_m3"])
+    record = run_cell({"model": "repvit_m0_6", "profile": "smoke"}, tmp_path, rounds=1, latency_iters=1,
+                      backbone_models=["repnext_m3"])
     assert set(record["cpu"]["forms"]) == {"train", "fused"} and record["throughput"]["form"] == "fused"
     assert record["backbone"] is None and "not a detection/segmentation backbone" in record["backbone_missing"]
     assert METRICS["latency_single_branch_ms"].value(record) is None  # rendered as "—"
@@ -149,8 +148,8 @@ def test_baselines_have_train_and_fused_forms_only(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(sys.platform == "darwin", reason="checks the Linux record (no Core ML prediction)")
 def test_coreml_facts_of_the_fused_model(tmp_path):
-    record = measure_cell({"model": "repnext_m0", "profile": "full"}, tmp_path, rounds=1, latency_iters=1,
-                          coreml={"smoke": False, "full": True}, backbone_models=[])
+    record = run_cell({"model": "repnext_m0", "profile": "full"}, tmp_path, rounds=1, latency_iters=1, coreml=True,
+                      backbone_models=[])
     cm = record["coreml"]
     assert cm["ops"] > 100 and cm["op_histogram"]["conv"] > 40
     assert cm["size_bytes"] > 1e6 and (tmp_path / "coreml" / "repnext_m0_224.mlpackage").is_dir()
@@ -173,8 +172,23 @@ def test_largest_power_of_two_batch_that_fits():
     assert largest_batch(fits_below(0), cap=2048) is None
 
 
-def test_parameters_pick_by_profile():
-    assert for_profile({"smoke": 2, "full": 20}, "full") == 20 and for_profile(3, "smoke") == 3
+def test_parameters_are_resolved_for_the_profile_when_the_spec_expands(spec):
+    smoke, full = spec.expand("smoke")[0].parameters, spec.expand("full")[0].parameters
+    assert (smoke["rounds"], smoke["latency_iters"], smoke["coreml"], smoke["gpu_time_s"]) == (2, 2, False, 2.0)
+    assert (full["rounds"], full["latency_iters"], full["coreml"], full["gpu_time_s"]) == (20, 10, True, 10.0)
+    assert smoke["throughput_batch"] == full["throughput_batch"] == 16 and "fuse_mode" not in smoke
+
+
+def test_the_cell_of_a_side_by_side_job_returns_its_own_record(tmp_path):
+    names = ["repnext_m0", "repvit_m0_6"]
+    runs = [{"config": {"model": n, "profile": "smoke"}, "output": str(tmp_path / n)} for n in names]
+    kwargs = dict(side_by_side=runs, rounds=1, latency_iters=1, throughput_batch=2, img_size=64, backbone_models=[])
+    with pytest.raises(ValueError, match="none of the side_by_side runs' folders"):
+        run_cell(runs[0]["config"], tmp_path / "elsewhere", **kwargs)
+    assert not list(tmp_path.iterdir())  # refused before timing anything
+    record = run_cell(runs[1]["config"], tmp_path / "repvit_m0_6", **kwargs)
+    assert record["model"] == "repvit_m0_6" and read_json(tmp_path / "repnext_m0" / "record.json")["model"] == (
+        "repnext_m0")
 
 
 def test_gpu_throughput_method_without_a_gpu(monkeypatch):

@@ -1,11 +1,12 @@
-"""One cell of the detection or segmentation table (what the notebooks call)."""
+"""One cell of the detection or segmentation table (what the notebooks call; the contract of ``repnext.cells``)."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from .. import experiment
+from ..complexity import table_fuse_mode
 from ..config import RunConfig
-from ..experiment import run_cell
-from ..profiles import for_profile, get_profile
+from ..profiles import get_profile
 from ..recipes import get_recipe
 from ..store import RunPaths, read_json
 from ..train import StopRequests, TrainingError
@@ -13,9 +14,9 @@ from .engine import train_dense
 
 
 def imagenet_run(model: str, profile: str, cell: dict) -> RunConfig:
-    """The imagenet table's run of ``model`` for its paper cell ``cell`` (recipe, data, epochs,
-    distillation), scaled by ``profile`` as ``ablations.spec`` expands it: the same run id, the same folder."""
-    cell = {k: for_profile(v, profile) for k, v in cell.items()}
+    """The imagenet table's run of ``model`` for its paper cell ``cell`` (recipe, data, epochs, distillation;
+    plain values, as a spec's expansion resolves them), scaled by ``profile`` as ``ablations.spec`` expands it:
+    the same run id, the same folder."""
     prof = get_profile(profile)
     return RunConfig(model, recipe=cell["recipe"], profile=profile, data=prof.dataset_for(cell["data"]),
                      epochs=prof.epochs_for(cell["epochs"], get_recipe(cell["recipe"]).epochs),
@@ -36,8 +37,8 @@ def backbone_weights(config: RunConfig, results: Path, checkpoints: dict, backbo
     record = read_json(folder / "record.json") or {}
     if record.get("status") != "complete":
         if get_profile(config.profile).substitute_data:  # as the imagenet notebook runs it: the same record
-            paper = {"model": config.model, **{k: for_profile(v, config.profile) for k, v in backbone_run.items()}}
-            run_cell(run, folder, throughput_batch=None, progress=progress, paper=paper)
+            experiment.run_cell(run, folder, paper={"model": config.model, **backbone_run},
+                                fuse_mode=table_fuse_mode("imagenet"), throughput_batch=None, progress=progress)
         else:
             raise TrainingError(f"no ImageNet weights for {config.model}: the imagenet table's run {run.run_id} is "
                                 f"not complete in {results}; run that table first, or give backbone_checkpoints = "
@@ -45,8 +46,8 @@ def backbone_weights(config: RunConfig, results: Path, checkpoints: dict, backbo
     return folder / "checkpoint.pth"
 
 
-def run_dense_cell(task: str, config: dict | RunConfig, output: str | Path, backbone_checkpoints: dict | None = None,
-                   backbone_run: dict | None = None, progress: bool = False) -> dict:
+def run_cell(config: dict | RunConfig, output: str | Path, *, task: str, backbone_checkpoints: dict | None = None,
+             backbone_run: dict | None = None, progress: bool = False) -> dict:
     """Train (or resume) the run ``config`` of ``task`` ('detection' or 'segmentation') into ``output``
     (``results/<table>/<run id>``), its backbone initialised as ``backbone_weights`` says."""
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..complexity import TABLE_FUSE_MODE, TABLE_NUM_CLASSES, Complexity, counting_fingerprint, measure
+from ..complexity import Complexity, counting_fingerprint, measure, table_fuse_mode, table_num_classes
 from ..files import atomic_write_text
 from ..reference import PaperValue, paper_values
 from . import REGISTERED_MODELS
@@ -56,7 +56,7 @@ def model_rows() -> list[ModelRow]:
         if ref.metric not in (*PARAM_METRICS, "gmacs"):
             continue
         row = rows.setdefault((ref.table, ref.model), ModelRow(
-            ref.table, ref.model, TABLE_NUM_CLASSES.get(ref.table, 1000), TABLE_FUSE_MODE.get(ref.table, "official")))
+            ref.table, ref.model, table_num_classes(ref.table), table_fuse_mode(ref.table)))
         if ref.metric == "gmacs":
             row.paper_gmacs = ref
         elif row.paper_params is None or PARAM_METRICS.index(ref.metric) < PARAM_METRICS.index(
@@ -65,7 +65,7 @@ def model_rows() -> list[ModelRow]:
     listed = {model for _, model in rows}
     for model in REGISTERED_MODELS:
         if model not in listed:
-            rows[("-", model)] = ModelRow("-", model, 1000, "official")
+            rows[("-", model)] = ModelRow("-", model, table_num_classes("-"), table_fuse_mode("-"))
     return list(rows.values())
 
 
