@@ -1,10 +1,10 @@
 """The ``released`` table: which checkpoint file each cell evaluates, and the missing ones named in one line."""
-import json
-
 from ablations.released import released_runs
 from ablations.run import main
 from ablations.spec import load_spec
 from repnext.store import RunPaths
+
+from .records import write_real_record
 
 
 def test_full_profile_evaluates_the_release_files_present(tmp_path, capsys):
@@ -29,7 +29,7 @@ def test_smoke_profile_evaluates_the_imagenet_tables_finished_runs(tmp_path, cap
     paths = RunPaths(done.folder(results))
     paths.root.mkdir(parents=True)
     paths.checkpoint.write_bytes(b"")
-    paths.record.write_text(json.dumps({"status": "complete"}))
+    write_real_record(paths.root, "classification")
     kept = released_runs(load_spec("released").expand("smoke"), "smoke", results, None)
     assert [(r.run_id, r.parameters["checkpoint"]) for r in kept] == [(done.run_id, str(paths.checkpoint))]
     out = capsys.readouterr().out.strip().splitlines()
