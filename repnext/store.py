@@ -3,7 +3,8 @@
     <run>/config.json  <run>/log.txt  <run>/record.json  <run>/checkpoint.pth  <run>/run.ipynb
 
 A run without record.json is unfinished (its checkpoint resumes it); a record's ``status`` is
-``complete`` or ``failed``. Importing this module does not import torch.
+``complete`` or ``failed``, its fields those of its kind in ``repnext.schema`` (``write_record`` checks them,
+``read_record`` returns the typed record). Importing this module does not import torch.
 """
 from __future__ import annotations
 
