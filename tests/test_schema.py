@@ -96,6 +96,7 @@ def test_imported_official_logs_parse_as_their_kind(tmp_path):
     (lambda r: r.update(source="made up"), "source is 'made up', not one of trained, measured, imported"),
     (lambda r: r.update(kind="imagenet"), "kind 'imagenet' is not one of classification, equivalence"),
     (lambda r: r.pop("best"), "cannot tell the record's kind"),
+    (lambda r: r.update(kind="latency"), "field cpu is missing (a latency record)"),  # the kind named wins
 ])
 def test_a_bad_record_is_one_line_naming_the_file_and_the_field(change, message, tmp_path):
     record = real("imagenet/repnext_m0-222ecf7cdb")
@@ -105,6 +106,11 @@ def test_a_bad_record_is_one_line_naming_the_file_and_the_field(change, message,
         write_record(path, record)
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
     assert not path.exists()  # validated before anything is written
+
+
+def test_an_explicit_kind_is_the_kind():
+    record = parse_record({**real("imagenet/repnext_m0-222ecf7cdb"), "kind": "classification"})
+    assert record.kind == "classification" and record.payload.best.epoch == 1
 
 
 def test_write_record_keeps_a_valid_record_byte_for_byte(tmp_path):
