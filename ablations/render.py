@@ -70,6 +70,8 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
     groups: dict[tuple, list[Run]] = {}
     for run in [*runs, *official_runs(spec, results)]:
         groups.setdefault(tuple(run.paper[f] for f in spec.rows), []).append(run)
+    if not groups:  # e.g. the released table before any checkpoint exists: a table without rows
+        return pd.DataFrame(columns=pd.MultiIndex.from_tuples([("Runs", "")]), index=pd.Index([], name="Model"))
     rows, index = [], []
     for group in groups.values():
         row = {}

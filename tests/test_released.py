@@ -49,3 +49,12 @@ def test_rendering_without_checkpoints_keeps_the_cells_that_have_a_release(tmp_p
     kept = released_runs(load_spec("released").expand("full"), "full", tmp_path, None)
     assert len(kept) == 12 and all("checkpoint" not in r.parameters for r in kept)  # 6 + 3 + 3 releases
     assert capsys.readouterr().out == ""
+
+
+def test_rendering_before_any_checkpoint_exists_writes_a_table_without_rows(tmp_path, capsys):
+    tables = tmp_path / "tables"
+    assert main(["--table", "released", "--profile", "smoke", "--render-only", "--results", str(tmp_path / "r"),
+                 "--tables-dir", str(tables)]) == 0
+    md = (tables / "released.md").read_text()
+    assert "| Model   | Runs   |" in md and "0 of 0 runs complete" in md and (tables / "released.tex").is_file()
+    assert "12 of 12 checkpoints not trained yet" in capsys.readouterr().out
