@@ -363,7 +363,7 @@ def record_kind(obj: dict, where: str = "record") -> str:
     """The kind of a record's JSON object: its ``kind`` field, else the kind whose key it holds."""
     kind = obj.get("kind")
     if kind is not None:
-        if kind not in PAYLOADS:
+        if not isinstance(kind, str) or kind not in PAYLOADS:
             raise RecordError(f"{where}: kind {kind!r} is not one of {', '.join(PAYLOADS)}")
         return kind
     if obj.get("status") == "failed":

@@ -95,6 +95,7 @@ def test_imported_official_logs_parse_as_their_kind(tmp_path):
     (lambda r: r.update(status="done"), "status is 'done'; a classification record's is 'complete'"),
     (lambda r: r.update(source="made up"), "source is 'made up', not one of trained, measured, imported"),
     (lambda r: r.update(kind="imagenet"), "kind 'imagenet' is not one of classification, equivalence"),
+    (lambda r: r.update(kind=["latency"]), "kind ['latency'] is not one of classification, equivalence"),
     (lambda r: r.pop("best"), "cannot tell the record's kind"),
     (lambda r: r.update(kind="latency"), "field cpu is missing (a latency record)"),  # the kind named wins
 ])
