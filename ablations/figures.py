@@ -8,6 +8,7 @@ from pathlib import Path
 
 from repnext.files import atomic_write
 from repnext.reference import round_half_up
+from repnext.schema import Gradcam, Latency
 
 from .records import METRICS, complete_record, official_runs
 from .spec import Run, TableSpec
@@ -48,9 +49,9 @@ def convergence(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
                          "top1": v.value})
         record = complete_record(run, results)
         if record is not None:
-            source = "official logs" if record.get("source") == "imported" else f"ours ({profile})"
+            source = "official logs" if record.imported else f"ours ({profile})"
             rows.append({"source": source, "data": run.paper["data"], "model": label, "epochs": epochs,
-                         "top1": record["best"]["acc1"]})
+                         "top1": METRICS["top1"].value(record)})
     frame = pd.DataFrame(rows).drop_duplicates()
     sources = list(dict.fromkeys(frame["source"]))
     datasets = list(dict.fromkeys(run.paper["data"] for run in runs))
@@ -103,7 +104,7 @@ def our_top1(model: str, results: Path, profile: str) -> float | None:
         if run.config.model == model and run.paper.get("distillation") is True:
             record = complete_record(run, results)
             if record is not None:
-                return record["best"]["acc1"]
+                return METRICS["top1"].value(record)
     return None
 
 
@@ -128,14 +129,14 @@ def latency_accuracy_frame(spec: TableSpec, runs: list[Run], results: Path, prof
             rows.append(base | {"panel": "paper", "latency_ms": paper_lat[0].value, "top1": top1,
                                 "accuracy": PAPER_LABEL, "device": "iPhone 12 (iOS 16, Core ML)"})
         record = complete_record(run, results)
-        if record is not None:
+        if record is not None and isinstance(record.payload, Latency):
             ours = our_top1(model, results, profile)
-            cpu = record["cpu"]
+            cpu = record.payload.cpu
             accuracy = f"our top-1 ({profile})" if ours is not None else PAPER_LABEL if top1 == top1 else "none"
             rows.append(base | {"panel": "ours", "latency_ms": METRICS["latency_ms"].value(record),
                                 "top1": top1 if ours is None else ours, "accuracy": accuracy,
-                                "device": f"{cpu['device']}, {cpu['threads']} thread(s)",
-                                "job": " ".join(record.get("side_by_side", [run.run_id]))})
+                                "device": f"{cpu.device}, {cpu.threads} thread(s)",
+                                "job": " ".join(record.payload.side_by_side)})
     columns = ["panel", "model", "short", "family", "latency_ms", "top1", "accuracy", "device", "job"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -212,15 +213,16 @@ def gradcam(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_d
     rgb, names, columns, maps, cells = None, None, [], [], []
     for run in runs:
         record = complete_record(run, results)
-        if record is None or "figure" not in record:
+        if record is None or not isinstance(record.payload, Gradcam):
             continue
-        with np.load(run.folder(results) / record["figure"].get("cams", CAMS_FILE)) as data:
+        cam = record.payload
+        with np.load(run.folder(results) / cam.figure.cams) as data:
             if rgb is None:
                 rgb, names = data["rgb"], [str(n) for n in data["names"]]
             elif [str(n) for n in data["names"]] != names:
                 raise ValueError(f"{run.run_id}: its CAM images differ from the other runs' ({CAMS_FILE})")
-            acc = (record.get("accuracy") or {}).get("acc1")
-            desc = f"{record['images']['img_size']} px" + (f", top-1 {round_half_up(acc, 0)}%" if acc is not None
+            acc = METRICS["cam_top1"].value(record)
+            desc = f"{cam.images.img_size} px" + (f", top-1 {round_half_up(acc, 0)}%" if acc is not None
                                                             else "")
             for j, method in enumerate(str(m) for m in data["methods"]):
                 columns.append(f"{spec.label(run)}\n{method}, {desc}")

@@ -6,6 +6,7 @@ results gives identical files.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import pandas as pd
 from repnext.files import atomic_write_text
 from repnext.profiles import get_profile
 from repnext.reference import PaperValue, paper_values, round_half_up
+from repnext.schema import Classification, Latency, Record
 
 from .figures import FIGURES
 from .records import METRICS, complete_record, imported_record, official_runs
@@ -43,7 +45,7 @@ def _paper(spec: TableSpec, column: Column, run: Run) -> PaperValue | None:
     return found[0] if len(found) == 1 else None
 
 
-def _cell(spec: TableSpec, column: Column, group: list[Run], results: Path) -> tuple[Run | None, dict | None]:
+def _cell(spec: TableSpec, column: Column, group: list[Run], results: Path) -> tuple[Run | None, Record | None]:
     """The run of a row that fills ``column`` (the first complete one matching ``where``) and its record."""
     if column.from_table:  # e.g. the equivalence table's E model accuracy, from the StarNet-recipe table
         model = (column.reference_model or "{model}").format(model=group[0].config.model)
@@ -54,9 +56,10 @@ def _cell(spec: TableSpec, column: Column, group: list[Run], results: Path) -> t
         if record is not None:
             # a run serving cells of several paper datasets (smoke trains them all on the digits) holds the
             # paper's counting setting of each: take this cell's
-            settings = record.get("paper_settings", {})
-            if run.paper.get("data") in settings:
-                record = dict(record, paper_setting=settings[run.paper["data"]])
+            payload = record.payload
+            if isinstance(payload, Classification) and run.paper.get("data") in (payload.paper_settings or {}):
+                setting = payload.paper_settings[run.paper["data"]]
+                record = dataclasses.replace(record, payload=dataclasses.replace(payload, paper_setting=setting))
             return run, record
     return (matching[0] if matching else None), None
 
@@ -67,6 +70,8 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
     groups: dict[tuple, list[Run]] = {}
     for run in [*runs, *official_runs(spec, results)]:
         groups.setdefault(tuple(run.paper[f] for f in spec.rows), []).append(run)
+    if not groups:  # e.g. the released table before any checkpoint exists: a table without rows
+        return pd.DataFrame(columns=pd.MultiIndex.from_tuples([("Runs", "")]), index=pd.Index([], name="Model"))
     rows, index = [], []
     for group in groups.values():
         row = {}
@@ -85,7 +90,7 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
             elif paper is not None:
                 row[(header, "ours")] = paper.format(ours)
                 # smoke accuracies are the digits', not ImageNet's: beside the paper's, but no delta
-                other_data = metric.trained and record.get("data") not in (None, run.paper.get("data"))
+                other_data = metric.trained and _data(record) not in (None, run.paper.get("data"))
                 row[(header, "Δ")] = (MISSING if other_data or not metric.comparable
                                       else paper.format_delta(ours))
             else:
@@ -104,11 +109,16 @@ def table_frame(spec: TableSpec, runs: list[Run], results: Path) -> pd.DataFrame
     return frame
 
 
-def _source(run: Run, record: dict | None) -> str:
+def _data(record: Record) -> str | None:
+    """The dataset a run trained or evaluated on (None: a measurement of the architecture)."""
+    return getattr(record.payload, "data", None)
+
+
+def _source(run: Run, record: Record | None) -> str:
     if record is None:
         return f"{run.run_id} (not run yet)"
-    if record.get("source") == "imported":
-        return f"{run.run_id} (imported from {Path(record['source_file']).name})"
+    if record.imported:
+        return f"{run.run_id} (imported from {Path(record.source_file).name})"
     return run.run_id
 
 
@@ -118,35 +128,35 @@ def provenance(spec: TableSpec, runs: list[Run], results: Path, profile: str) ->
     records = [r for r in (complete_record(run, results) for run in runs) if r is not None]
     lines = [f"Reproduced columns: profile `{profile}` ({prof.description}); "
              f"{len(records)} of {len(runs)} runs complete.", *spec.notes]
-    imported = [r for r in records if r.get("source") == "imported"]
-    trained = [r for r in records if r.get("source") == "trained"]
+    imported = [r for r in records if r.imported]
+    trained = [r.payload for r in records if r.source == "trained"]
     if imported:
         lines.append(f"{len(imported)} run(s) imported from training logs (`python -m repnext.results import`): "
-                     + ", ".join(sorted(Path(r["source_file"]).name for r in imported)) + ".")
+                     + ", ".join(sorted(Path(r.source_file).name for r in imported)) + ".")
     if trained:
-        r = trained[0]
-        epochs = sorted({t["epochs"] for t in trained})
+        p = trained[0]
+        epochs = sorted({t.epochs for t in trained})
         span = f"{epochs[0]}-{epochs[-1]}" if len(epochs) > 1 else f"{epochs[0]}"
-        recipes = ", ".join(f"`{name}`" for name in sorted({t["recipe"] for t in trained}))
-        lines.append(f"Trained here: {r['data_description']}, {r['img_size']} px, {span} epoch(s), recipe {recipes}"
+        recipes = ", ".join(f"`{name}`" for name in sorted({t.recipe for t in trained}))
+        lines.append(f"Trained here: {p.data_description}, {p.img_size} px, {span} epoch(s), recipe {recipes}"
                      + ("; accuracies on another dataset than the paper's are shown beside its values without a "
                         "delta." if prof.substitute_data else "."))
-    machines = sorted({_device(r) for r in records if r.get("source") != "imported"})
+    machines = sorted({_device(r) for r in records if not r.imported})
     if machines:
         lines.append(f"Hardware of the reproduced numbers: {'; '.join(machines)}.")
     if records:
-        r = (trained or records)[0]
-        setting = r.get("paper_setting")
+        p = (trained or [r.payload for r in records])[0]
+        setting = p.paper_setting if isinstance(p, Classification) else None
         if setting:
-            per_data = r.get("paper_settings")
-            classes = (", ".join(f"{s['num_classes']} for {d}" for d, s in per_data.items()) if per_data
-                       else str(setting["num_classes"]))
-            lines.append(f"Params and MACs: the `{setting['fuse_mode']}` inference form at {setting['img_size']} px "
+            per_data = p.paper_settings
+            classes = (", ".join(f"{s.num_classes} for {d}" for d, s in per_data.items()) if per_data
+                       else str(setting.num_classes))
+            lines.append(f"Params and MACs: the `{setting.fuse_mode}` inference form at {setting.img_size} px "
                          f"with {classes} classes, counted exactly (the paper's setting).")
-        speed = r.get("throughput")
+        speed = p.throughput if isinstance(p, (Classification, Latency)) else None
         if speed:
-            lines.append(f"Throughput: {speed['device']}, batch {speed['batch']}, {speed['form']} form, "
-                         f"{'channels_last' if speed['channels_last'] else 'NCHW'}, {speed['threads']} thread(s); "
+            lines.append(f"Throughput: {speed.device}, batch {speed.batch}, {speed.form} form, "
+                         f"{'channels_last' if speed.channels_last else 'NCHW'}, {speed.threads} thread(s); "
                          "the paper measured on a GPU, so no delta is given.")
     return lines
 
@@ -187,11 +197,11 @@ def render_table(spec: TableSpec, runs: list[Run], results: Path, profile: str, 
     return paths
 
 
-def _device(record: dict) -> str:
-    env = record.get("environment") or {}
-    if env.get("gpu"):
-        return f"{env['gpu']} ({env.get('host', '?')})"
-    return f"{env.get('cpu', 'CPU')}, {env.get('threads', '?')} thread(s) ({env.get('host', '?')})" if env else "?"
+def _device(record: Record) -> str:
+    env = record.environment
+    if env is None:
+        return "?"
+    return f"{env.gpu} ({env.host})" if env.gpu else f"{env.cpu}, {env.threads} thread(s) ({env.host})"
 
 
 def index_entry(spec: TableSpec, runs: list[Run], results: Path, profile: str, out_dir: Path) -> str:
@@ -206,14 +216,14 @@ def index_entry(spec: TableSpec, runs: list[Run], results: Path, profile: str, o
                if (p := out_dir / f"{name}{ext}").is_file()]
     sources = {}
     for r in records:
-        key = "imported from logs" if r.get("source") == "imported" else f"measured on {_device(r)}"
+        key = "imported from logs" if r.imported else f"measured on {_device(r)}"
         sources[key] = sources.get(key, 0) + 1
     scale = get_profile(profile)
     lines = [f"## {spec.title}", "",
              f"- Files: {', '.join(files + figures) or 'not rendered yet'}",
              f"- Profile `{profile}` ({scale.description}): {len(records)} of {len(unique)} runs complete"
              + ("; accuracies are the digits', not ImageNet's"
-                if scale.substitute_data and any(r.get("source") == "trained" for r in records) else ""),
+                if scale.substitute_data and any(r.source == "trained" for r in records) else ""),
              *(f"- {n} run(s) {how}" for how, n in sorted(sources.items())), ""]
     return "\n".join(lines)
 

@@ -24,7 +24,7 @@ from .cli import import_parser
 from .dense import official_logs as dense_logs
 from .files import atomic_write_text
 from .logs import LogImportError, ParsedLog, build_record, identify, parse
-from .store import DEFAULT_RESULTS, RunPaths, log_text, read_json, write_json
+from .store import DEFAULT_RESULTS, RunPaths, log_text, read_json, write_json, write_record
 
 # --- importing official logs ---------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ def import_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, table: s
         return Imported(table, record, "would replace" if replaced else "would import", replaced)
     write_json(paths.config, config.resolve().as_dict())
     atomic_write_text(paths.log, text)
-    write_json(paths.record, record)  # last: a record marks the run done
+    write_record(paths.record, record)  # last: a record marks the run done
     return Imported(table, record, "replaced" if replaced else "imported", replaced)
 
 

@@ -3,7 +3,8 @@
     <run>/config.json  <run>/log.txt  <run>/record.json  <run>/checkpoint.pth  <run>/run.ipynb
 
 A run without record.json is unfinished (its checkpoint resumes it); a record's ``status`` is
-``complete`` or ``failed``. Importing this module does not import torch.
+``complete`` or ``failed``, its fields those of its kind in ``repnext.schema`` (``write_record`` checks them,
+``read_record`` returns the typed record). Importing this module does not import torch.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import overload
 
 from .errors import StoreError
 from .files import atomic_write, atomic_write_text
+from .schema import Record, parse_record
 
 DEFAULT_RESULTS = Path(os.environ.get("REPNEXT_RESULTS", "results"))
 
@@ -49,6 +51,13 @@ def write_json(path: Path, obj: object) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def write_record(path: Path, record: dict) -> Path:
+    """A run's record.json, checked against its kind's schema first (``repnext.schema``): a record the tables
+    could not read is never written (the cell fails, naming the field)."""
+    parse_record(record, path)
+    return write_json(path, record)
+
+
 def read_json(path: Path) -> dict | None:
     """The JSON object in ``path``, None when there is no such file; a file that is not JSON raises naming it."""
     if path.is_dir():
@@ -62,6 +71,13 @@ def read_json(path: Path) -> dict | None:
     if not isinstance(obj, dict):
         raise StoreError(f"{path} holds a JSON {type(obj).__name__}, not an object; fix or delete it")
     return obj
+
+
+def read_record(path: Path) -> Record | None:
+    """``path``'s record as a typed ``repnext.schema.Record``; None when there is no such file. A file that is
+    not JSON, or not a record of a known kind, raises a ``StoreError`` naming it and the field."""
+    obj = read_json(path)
+    return None if obj is None else parse_record(obj, path)
 
 
 def log_text(history: list[dict]) -> str:

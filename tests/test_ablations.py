@@ -14,6 +14,8 @@ from ablations.run import main
 from ablations.spec import SpecError, available_tables, load_spec
 from repnext.store import read_json, write_json
 
+from .records import real_record
+
 
 @pytest.fixture(scope="module")
 def downsample():
@@ -102,17 +104,18 @@ def test_local_dry_run_prints_what_the_local_executor_is_given(tmp_path, capsys)
 
 
 def _record(acc1: float, params: int, macs: int) -> dict:
-    return {"status": "complete", "best": {"acc1": acc1, "acc5": 99.0, "epoch": 3},
-            "paper_setting": {"fused_params": params, "macs": macs, "fuse_mode": "official", "img_size": 224,
-                              "num_classes": 1000},
-            "throughput": {"images_per_second": 20.0, "device": "test CPU", "batch": 16, "form": "fused",
-                           "channels_last": True, "threads": 1},
-            "data_description": "digits", "img_size": 32, "epochs": 4, "recipe": "repvit", "source": "trained"}
+    return real_record("classification", best={"acc1": acc1, "acc5": 99.0, "epoch": 3}, data="imagenet",
+                       paper_setting={"fused_params": params, "macs": macs, "fuse_mode": "official", "img_size": 224,
+                                      "num_classes": 1000}, paper_settings=None,
+                       throughput={"images_per_second": 20.0, "device": "test CPU", "batch": 16, "form": "fused",
+                                   "img_size": 224, "channels_last": True, "threads": 1},
+                       epochs=4, recipe="repvit")
 
 
 def test_render_paper_ours_delta_at_the_papers_precision(downsample, tmp_path):
     runs = downsample.expand("smoke")
-    write_json(runs[0].folder(tmp_path) / "record.json", _record(80.123, 5_217_784, 780_000_000))
+    write_json(runs[0].folder(tmp_path) / "record.json", _record(80.123, 5_217_784, 780_000_000) | {
+        "run_id": runs[0].run_id, "model": runs[0].config.model})
     write_json(runs[1].folder(tmp_path) / "record.json", {"status": "failed", "error": "boom"})
     frame = table_frame(downsample, runs, tmp_path)
     base = frame.loc["ConvNeXt-femto (baseline)"]

@@ -211,15 +211,17 @@ def test_backbone_run_is_the_imagenet_tables_run():
 def test_tables_show_paper_ours_delta(tmp_path):
     from ablations.render import table_frame, to_latex
     from ablations.spec import load_spec
-    from repnext.store import write_json
+
+    from .records import write_real_record
 
     det, seg = load_spec("detection"), load_spec("segmentation")
     metrics = {"box_ap": 40.81, "box_ap50": 62.4, "box_ap75": 44.7, "mask_ap": 37.8, "mask_ap50": 59.5,
                "mask_ap75": 40.6, "box_ap_final": 40.65, "best_epoch": 9}
     runs = det.expand("full")
-    write_json(runs[0].folder(tmp_path) / "record.json", {"status": "complete", "data": "coco", "metrics": metrics})
+    write_real_record(runs[0].folder(tmp_path), "detection", data="coco", metrics=metrics)
     latency = next(r for r in load_spec("latency").expand("full") if r.config.model == "repnext_m3")
-    write_json(latency.folder(tmp_path) / "record.json", {"status": "complete", "backbone": {"latency_ms": 7.25}})
+    write_real_record(latency.folder(tmp_path), "latency", model="repnext_m3",
+                      backbone={"latency_ms": 7.25, "img_size": 512, "device": "Test CPU (CPU)"})
     frame = table_frame(det, runs, tmp_path)
     row = frame.loc["RepNeXt-M3"]
     assert (row[("AP box", "paper")], row[("AP box", "ours")], row[("AP box", "Δ")]) == ("40.8", "40.8", "+0.0")
@@ -227,8 +229,7 @@ def test_tables_show_paper_ours_delta(tmp_path):
     assert row[("AP box, final epoch", "ours")] == "40.7" and row[("Backbone 512x512 (ms)", "ours")] == "7.3"
     assert frame.loc["RepNeXt-M4"][("AP mask", "ours")] == "—" and "tab:detection" in to_latex(det, frame, [])
     runs = seg.expand("smoke")  # trained on the synthetic set: beside the paper's value, no delta
-    write_json(runs[0].folder(tmp_path) / "record.json", {"status": "complete", "data": "digits",
-                                                          "metrics": {"miou": 55.55, "miou_best": 56.0}})
+    write_real_record(runs[0].folder(tmp_path), "segmentation", metrics={"miou": 55.55, "miou_best": 56.0})
     frame = table_frame(seg, runs, tmp_path)
     assert (frame.loc["RepNeXt-M3", ("mIoU (%)", "paper")], frame.loc["RepNeXt-M3", ("mIoU (%)", "ours")]) == (
         "40.6", "55.6")

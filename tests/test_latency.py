@@ -17,7 +17,10 @@ from repnext.bench import fused_form, gpu_throughput, largest_batch
 from repnext.config import RunConfig
 from repnext.latency import cpu_forms, measure_side_by_side, run_cell
 from repnext.reference import paper_value
-from repnext.store import read_json, write_json
+from repnext.schema import parse_record
+from repnext.store import read_json
+
+from .records import write_real_record
 
 CUDA = torch.cuda.is_available()
 
@@ -67,12 +70,13 @@ def test_run_cell_writes_a_complete_record_with_every_field(m0_record):
         512, 1, features.channels(), [4, 8, 16, 32])
     assert backbone["latency_ms"] > 0 and record["backbone_missing"] is None
     assert record["coreml"] is None and "off" in record["coreml_missing"]
-    # the table's metrics read the record
-    assert METRICS["latency_ms"].value(record) == cpu["forms"]["full"]["latency_ms"]
-    assert METRICS["latency_single_branch_ms"].value(record) == cpu["forms"]["single_branch"]["latency_ms"]
-    assert METRICS["latency_train_ms"].value(record) == cpu["forms"]["train"]["latency_ms"]
-    assert METRICS["backbone_latency_ms"].value(record) == backbone["latency_ms"]
-    assert METRICS["gpu_throughput_img_s"].value(record) == (record["gpu"]["images_per_second"] if CUDA else None)
+    # the table's metrics read the record (typed: the schema accepts it)
+    typed = parse_record(record)
+    assert METRICS["latency_ms"].value(typed) == cpu["forms"]["full"]["latency_ms"]
+    assert METRICS["latency_single_branch_ms"].value(typed) == cpu["forms"]["single_branch"]["latency_ms"]
+    assert METRICS["latency_train_ms"].value(typed) == cpu["forms"]["train"]["latency_ms"]
+    assert METRICS["backbone_latency_ms"].value(typed) == backbone["latency_ms"]
+    assert METRICS["gpu_throughput_img_s"].value(typed) == (record["gpu"]["images_per_second"] if CUDA else None)
     # timed alone: nothing to pair with
     assert record["side_by_side"] == [config.run_id] and cpu["measured_with"] == []
     assert cpu["paired_speedup"] == {"latency": {}, "throughput": {}} and backbone["paired_speedup"] == {}
@@ -126,7 +130,7 @@ def test_an_exclusive_table_is_timed_again_whole_when_a_run_is_missing(spec, tmp
     results = tmp_path / "results"
     runs = spec.expand("smoke")
     for run in runs[1:]:
-        write_json(run.folder(results) / "record.json", {"status": "complete"})
+        write_real_record(run.folder(results), "latency", model=run.config.model)
     argv = ["--table", "latency", "--cluster", "local", "--profile", "smoke", "--results", str(results), "--dry-run"]
     assert main(argv) == 0
     out = capsys.readouterr().out
@@ -142,7 +146,7 @@ def test_baselines_have_train_and_fused_forms_only(tmp_path):
                       backbone_models=["repnext_m3"])
     assert set(record["cpu"]["forms"]) == {"train", "fused"} and record["throughput"]["form"] == "fused"
     assert record["backbone"] is None and "not a detection/segmentation backbone" in record["backbone_missing"]
-    assert METRICS["latency_single_branch_ms"].value(record) is None  # rendered as "—"
+    assert METRICS["latency_single_branch_ms"].value(parse_record(record)) is None  # rendered as "—"
 
 
 @pytest.mark.slow
@@ -250,14 +254,13 @@ def test_figure_on_an_empty_store_draws_the_papers_points(spec, tmp_path):
 
 def test_figure_takes_our_top1_from_the_imagenet_table_only_when_trained_on_imagenet(spec, tmp_path):
     results = tmp_path / "results"
-    latency = {"status": "complete", "cpu": {"fused_form": "full", "forms": {"full": {"latency_ms": 12.5}},
-                                             "device": "Test CPU (CPU)", "threads": 1}}
+    cpu = {"fused_form": "full", "forms": {"full": {"latency_ms": 12.5}}, "device": "Test CPU (CPU)", "threads": 1}
     for profile in ("smoke", "full"):
         for run in spec.expand(profile, only="repnext_m0") + spec.expand(profile, only="repvit_m0_9"):
-            write_json(run.folder(results) / "record.json", latency)
+            write_real_record(run.folder(results), "latency", model=run.config.model, cpu=cpu)
         for run in load_spec("imagenet").expand(profile, only="repnext_m0"):
             acc = 71.0 if run.paper["distillation"] else 69.0
-            write_json(run.folder(results) / "record.json", {"status": "complete", "best": {"acc1": acc}})
+            write_real_record(run.folder(results), "classification", best={"acc1": acc})
     for profile, top1, accuracy in (("smoke", 74.2, "paper's top-1 (distilled)"), ("full", 71.0, "our top-1 (full)")):
         frame = latency_accuracy_frame(spec, spec.expand(profile), results, profile)
         ours = frame[frame["panel"] == "ours"].set_index("model")

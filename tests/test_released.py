@@ -1,10 +1,10 @@
 """The ``released`` table: which checkpoint file each cell evaluates, and the missing ones named in one line."""
-import json
-
 from ablations.released import released_runs
 from ablations.run import main
 from ablations.spec import load_spec
 from repnext.store import RunPaths
+
+from .records import write_real_record
 
 
 def test_full_profile_evaluates_the_release_files_present(tmp_path, capsys):
@@ -29,7 +29,7 @@ def test_smoke_profile_evaluates_the_imagenet_tables_finished_runs(tmp_path, cap
     paths = RunPaths(done.folder(results))
     paths.root.mkdir(parents=True)
     paths.checkpoint.write_bytes(b"")
-    paths.record.write_text(json.dumps({"status": "complete"}))
+    write_real_record(paths.root, "classification")
     kept = released_runs(load_spec("released").expand("smoke"), "smoke", results, None)
     assert [(r.run_id, r.parameters["checkpoint"]) for r in kept] == [(done.run_id, str(paths.checkpoint))]
     out = capsys.readouterr().out.strip().splitlines()
@@ -49,3 +49,12 @@ def test_rendering_without_checkpoints_keeps_the_cells_that_have_a_release(tmp_p
     kept = released_runs(load_spec("released").expand("full"), "full", tmp_path, None)
     assert len(kept) == 12 and all("checkpoint" not in r.parameters for r in kept)  # 6 + 3 + 3 releases
     assert capsys.readouterr().out == ""
+
+
+def test_rendering_before_any_checkpoint_exists_writes_a_table_without_rows(tmp_path, capsys):
+    tables = tmp_path / "tables"
+    assert main(["--table", "released", "--profile", "smoke", "--render-only", "--results", str(tmp_path / "r"),
+                 "--tables-dir", str(tables)]) == 0
+    md = (tables / "released.md").read_text()
+    assert "| Model   | Runs   |" in md and "0 of 0 runs complete" in md and (tables / "released.tex").is_file()
+    assert "12 of 12 checkpoints not trained yet" in capsys.readouterr().out

@@ -6,7 +6,8 @@ import pytest
 from ablations.render import table_frame
 from ablations.spec import load_spec
 from repnext.reference import PaperValue, round_half_up
-from repnext.store import write_json
+
+from .records import write_real_record
 
 
 @pytest.mark.parametrize("value, decimals, text", [
@@ -43,10 +44,10 @@ def test_tables_print_values_and_deltas_half_up(tmp_path):
     spec = load_spec("downsample")
     run = next(r for r in spec.expand("full") if r.config.model == "convnext_femto_ds_a")
     setting = {"fused_params": 5_252_728, "macs": 785_000_000, "train_params": 5_252_728}
-    record = {"status": "complete", "source": "trained", "run_id": run.run_id, "data": "imagenet",
-              "best": {"acc1": 74.245, "acc5": 90.0}, "paper_setting": setting,
-              "throughput": {"images_per_second": 3544.5}}
-    write_json(run.folder(tmp_path) / "record.json", record)
+    speed = {"images_per_second": 3544.5, "form": "fused", "batch": 16, "img_size": 224, "channels_last": True,
+             "threads": 1, "device": "test CPU"}
+    write_real_record(run.folder(tmp_path), "classification", model=run.config.model, data="imagenet",
+                      best={"acc1": 74.245, "acc5": 90.0}, paper_setting=setting, paper_settings=None, throughput=speed)
     row = table_frame(spec, [run], tmp_path).loc[spec.label(run)]
     # f-strings would print 74.24 and -0.04, 3544
     assert (row[("Top-1 (%)", "ours")], row[("Top-1 (%)", "Δ")]) == ("74.25", "-0.03")

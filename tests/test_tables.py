@@ -10,7 +10,8 @@ from ablations.run import main
 from ablations.spec import load_spec
 from repnext.config import PAPER_NUM_CLASSES
 from repnext.results import main as import_logs
-from repnext.store import write_json
+
+from .records import write_real_record
 
 LOGS = Path(__file__).parent / "data" / "official_logs"
 
@@ -101,9 +102,8 @@ def test_a_smoke_run_shared_by_two_datasets_fills_each_cell_with_its_own_counts(
     assert len(m0) == 2 and m0[0].run_id == m0[1].run_id and {r.paper["data"] for r in m0} == set(PAPER_NUM_CLASSES)
     settings = {data: {"fused_params": 2_039_000 if n == 100 else 2_328_000, "macs": 388_000_000, "train_params": 1,
                        "fuse_mode": "full", "img_size": 224, "num_classes": n} for data, n in PAPER_NUM_CLASSES.items()}
-    write_json(m0[0].folder(tmp_path) / "record.json", {
-        "status": "complete", "best": {"acc1": 90.0, "acc5": 99.0}, "paper_setting": settings["cifar100"],
-        "paper_settings": settings, "source": "trained"})
+    write_real_record(m0[0].folder(tmp_path), "classification", best={"acc1": 90.0, "acc5": 99.0},
+                      paper_setting=settings["cifar100"], paper_settings=settings)
     row = table_frame(spec, runs, tmp_path).loc["RepNeXt-M0"]
     assert (row[("CIFAR-100 params (M)", "ours")], row[("CIFAR-100 params (M)", "Δ")]) == ("2.0", "+0.0")
     assert (row[("ImageNet params (M)", "ours")], row[("ImageNet params (M)", "Δ")]) == ("2.3", "+0.0")
@@ -136,8 +136,7 @@ def test_equivalence_table_takes_the_e_models_accuracy_from_their_starnet_runs(t
     for run in starnet.expand("smoke"):
         if run.config.model == "repnext_m0e":
             acc = 61.0 if run.paper["distillation"] else 62.0
-            write_json(run.folder(tmp_path) / "record.json", {"status": "complete", "best": {"acc1": acc},
-                                                            "data": "digits", "source": "trained"})
+            write_real_record(run.folder(tmp_path), "classification", model=run.config.model, best={"acc1": acc})
     spec = load_spec("equivalence")
     frame = table_frame(spec, spec.expand("smoke"), tmp_path)
     m0, m3 = frame.loc["RepNeXt-M0"], frame.loc["RepNeXt-M3"]

@@ -26,7 +26,7 @@ import timm
 import repnext  # noqa: F401  (registers the RepNeXt models with timm)
 
 from ..config import RunConfig
-from ..store import DEFAULT_RESULTS, RunPaths, read_json, write_json, write_log
+from ..store import DEFAULT_RESULTS, RunPaths, read_json, write_json, write_log, write_record
 from .protocol import get_protocol
 
 FORMATS = {"detection": "mmdet-json", "segmentation": "mmseg-json"}
@@ -267,7 +267,7 @@ def import_dense_log(path: str | Path, results: str | Path = DEFAULT_RESULTS, fo
     write_json(paths.config, {"run_id": config.run_id, "config": dataclasses.asdict(config),
                               "resolved": {k: record[k] for k in ("batch_size", "lr", "weight_decay", "seed")}})
     write_log(paths.log, history(log))
-    write_json(paths.record, record)  # last: a record marks the run done
+    write_record(paths.record, record)  # last: a record marks the run done
     return table, record, True
 
 
