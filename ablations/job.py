@@ -32,7 +32,7 @@ class NotebookTask:
     stop: str            # touched to ask the training for a checkpoint
 
 
-def _status(record: str) -> str:
+def run_status(record: str) -> str:
     try:
         return json.loads(Path(record).read_text()).get("status", "missing")
     except (FileNotFoundError, json.JSONDecodeError):
@@ -46,12 +46,20 @@ def _touched_since(path: Path, since: float) -> bool:
         return False
 
 
+def execute_notebook(task: NotebookTask, output: str, km=None) -> None:
+    """papermill executes the task's notebook into ``output``: in a kernel of its own started in the run's
+    folder, or in ``km``'s running kernel (``ablations.pool``; the caller has moved it to the folder)."""
+    import papermill as pm
+
+    where = {"km": km} if km is not None else {"cwd": task.folder}
+    pm.execute_notebook(task.notebook, output, parameters=task.parameters, progress_bar=False, log_output=True,
+                        **where)
+
+
 class NotebookJob(submitit.helpers.Checkpointable):
     """Run one notebook execution; every task of a multi-task (DDP) job executes its own kernel."""
 
     def __call__(self, task: NotebookTask) -> dict:
-        import papermill as pm
-
         env = submitit.JobEnvironment()
         if env.num_tasks > 1:  # DDP: MASTER_ADDR/PORT, RANK, WORLD_SIZE, LOCAL_RANK for the kernel to inherit
             submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
@@ -61,8 +69,7 @@ class NotebookJob(submitit.helpers.Checkpointable):
         output = task.executed if rank == 0 else str(folder / f"run.rank{rank}.ipynb")
         started = time.time()
         try:
-            pm.execute_notebook(task.notebook, output, parameters=task.parameters, progress_bar=False,
-                                log_output=True, cwd=str(folder))
+            execute_notebook(task, output)
         except Exception:
             if rank and _touched_since(Path(task.stop), started):
                 # preemption: rank 0 checkpoints and requeues the job, and the requeue ends this task. Until then
@@ -70,7 +77,7 @@ class NotebookJob(submitit.helpers.Checkpointable):
                 # exit leaves a result file that submitit would take for the requeued attempt's
                 time.sleep(REQUEUE_WAIT_S)
             raise
-        return {"run_id": task.run_id, "status": _status(task.record), "rank": rank}
+        return {"run_id": task.run_id, "status": run_status(task.record), "rank": rank}
 
     def checkpoint(self, task: NotebookTask) -> submitit.helpers.DelayedSubmission:
         checkpoint, record = Path(task.checkpoint), Path(task.record)

@@ -14,7 +14,10 @@ from repnext.validate import release_file
 from .render import complete_record
 from .spec import Run, load_spec
 
-SOURCE_TABLE = "imagenet"  # the table whose smoke runs the smoke profile evaluates
+
+def _source_table() -> str:
+    """The table whose runs the smoke profile evaluates: the one the released spec runs ``after``."""
+    return load_spec("released").after[0]
 
 
 def _release_checkpoints(runs: list[Run], checkpoints: Path) -> dict[str, Path]:
@@ -23,7 +26,7 @@ def _release_checkpoints(runs: list[Run], checkpoints: Path) -> dict[str, Path]:
 
 
 def _trained_checkpoints(runs: list[Run], profile: str, results: Path) -> dict[str, Path]:
-    source = {run.run_id: run for run in load_spec(SOURCE_TABLE).expand(profile)}
+    source = {run.run_id: run for run in load_spec(_source_table()).expand(profile)}
     return {run.run_id: RunPaths(source[run.run_id].folder(results)).checkpoint
             for run in runs if run.run_id in source}
 
@@ -33,9 +36,9 @@ def released_runs(runs: list[Run], profile: str, results: Path, checkpoints: Pat
     names the missing files."""
     if get_profile(profile).substitute_data:
         wanted = _trained_checkpoints(runs, profile, results)
-        source = {run.run_id: run for run in load_spec(SOURCE_TABLE).expand(profile)}
+        source = {run.run_id: run for run in load_spec(_source_table()).expand(profile)}
         found = {i: p for i, p in wanted.items() if p.is_file() and complete_record(source[i], results)}
-        where = f"not trained yet by the {SOURCE_TABLE} table (run --table {SOURCE_TABLE} first)"
+        where = f"not trained yet by the {_source_table()} table (run --table {_source_table()} first)"
     else:
         if checkpoints is None:  # rendering only (run.py asks for --checkpoints before submitting): the releases
             return [run for run in runs if release_file(run.config.model, run.config.recipe, run.config.distillation)]

@@ -29,8 +29,8 @@ from ablations.clusters import (
     slurm_parameters,
 )
 from ablations.render import index_entry, render_index, render_table
-from ablations.runner import RunnerInterrupted, execute, failure_report, pending_runs
-from ablations.spec import SpecError, available_tables, load_spec
+from ablations.runner import Outcome, RunnerInterrupted, execute, execute_pooled, failure_report, pending_runs
+from ablations.spec import Run, SpecError, TableSpec, available_tables, load_spec
 from repnext.dense.protocol import TASKS as DENSE_TASKS
 from repnext.dense.protocol import get_protocol
 from repnext.profiles import PROFILES, get_profile
@@ -142,41 +142,25 @@ def main(argv: list[str] | None = None) -> int:
     max_parallel = args.max_parallel or (len(os.sched_getaffinity(0)) if args.cluster != "slurm" else 256)
     if args.cluster == "debug":
         max_parallel = 1  # runs in this process, one after another
+    pooled = args.cluster == "local" and tasks_per_node == 1  # one kernel per worker, not per run
     status = 0
     rendered = []
-    for spec in specs:
-        runs = [dataclasses.replace(run, config=dataclasses.replace(run.config, **location))
-                for run in spec.expand(args.profile)]
-        if spec.name == "released":  # its cells evaluate files: the releases (full) or the imagenet runs' (smoke)
-            from ablations.released import released_runs  # here: it imports torch (bad arguments answer first)
-
-            runs = released_runs(runs, args.profile, results, args.checkpoints)
-        selected = {run.run_id for run in spec.expand(args.profile, args.only)}  # --only limits what runs
-        pending = pending_runs(runs, results)
-        # cells the profile maps to the same run (smoke trains every dataset on the digits) run once
-        todo = list({run.run_id: run for run in pending if run.run_id in selected}.values())
-        if spec.exclusive and todo:  # models timed against each other are timed again together, never piecemeal
-            todo = list({run.run_id: run for run in runs if run.run_id in selected}.values())
-        print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(pending)} complete, {len(todo)} to run "
-              f"({args.cluster}, profile {args.profile}) -> {results / spec.name}")
-        if args.dry_run:
-            dry_run(spec, runs, pending, todo, args, slurm, max_parallel, tasks_per_node)
-            continue
-        if todo and not args.render_only:
-            start = time.perf_counter()
-            try:
-                outcomes = execute(spec, todo, results, args.cluster, max_parallel, slurm, tasks_per_node,
-                                   progress=not args.no_progress)
-            except RunnerInterrupted as e:
-                print(f"{parser.prog}: {e}", file=sys.stderr)
-                return 128 + e.signum
-            failed = [o for o in outcomes if o.status == "failed"]
-            print(f"{spec.name}: {len(outcomes) - len(failed)} complete, {len(failed)} failed "
-                  f"in {time.perf_counter() - start:.0f} s")
-            if failed:
-                print(failure_report(outcomes), file=sys.stderr)
-                status = 1
-        rendered.append((spec, runs))
+    for wave in table_waves(specs):
+        plans = []
+        for spec in wave:
+            runs, pending, todo = plan_table(spec, args, results, location)
+            if args.dry_run:
+                dry_run(spec, runs, pending, todo, args, slurm, max_parallel, tasks_per_node, pooled)
+                continue
+            rendered.append((spec, runs))
+            if todo and not args.render_only:
+                plans.append((spec, todo))
+        try:
+            outcomes = run_plans(plans, results, args, slurm, max_parallel, tasks_per_node, pooled)
+        except RunnerInterrupted as e:
+            print(f"{parser.prog}: {e}", file=sys.stderr)
+            return 128 + e.signum
+        status = max(status, report(outcomes))
     # rendered after every table has run: some read other tables' runs (latency: imagenet's accuracies;
     # equivalence: the E models' from imagenet_starnet)
     for spec, runs in rendered:
@@ -190,11 +174,67 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def table_waves(specs: list[TableSpec]) -> list[list[TableSpec]]:
+    """The tables in the order they can run: those whose runs come from other tables' runs (``after``, e.g. the
+    released table evaluates the imagenet table's checkpoints) once those tables are done."""
+    first = [spec for spec in specs if not spec.after]
+    return [wave for wave in (first, [spec for spec in specs if spec.after]) if wave]
+
+
+def plan_table(spec: TableSpec, args: argparse.Namespace, results: Path, location: dict
+               ) -> tuple[list[Run], list[Run], list[Run]]:
+    """The table's runs, those without a complete record, and those to run now."""
+    runs = [dataclasses.replace(run, config=dataclasses.replace(run.config, **location))
+            for run in spec.expand(args.profile)]
+    if spec.name == "released":  # its cells evaluate files: the releases (full) or the imagenet runs' (smoke)
+        from ablations.released import released_runs  # here: it imports torch (bad arguments answer first)
+
+        runs = released_runs(runs, args.profile, results, args.checkpoints)
+    selected = {run.run_id for run in spec.expand(args.profile, args.only)}  # --only limits what runs
+    pending = pending_runs(runs, results)
+    # cells the profile maps to the same run (smoke trains every dataset on the digits) run once
+    todo = list({run.run_id: run for run in pending if run.run_id in selected}.values())
+    if spec.exclusive and todo:  # models timed against each other are timed again together, never piecemeal
+        todo = list({run.run_id: run for run in runs if run.run_id in selected}.values())
+    print(f"{spec.name}: {len(runs)} runs, {len(runs) - len(pending)} complete, {len(todo)} to run "
+          f"({args.cluster}, profile {args.profile}) -> {results / spec.name}")
+    return runs, pending, todo
+
+
+def run_plans(plans: list[tuple[TableSpec, list[Run]]], results: Path, args: argparse.Namespace, slurm,
+              max_parallel: int, tasks_per_node: int, pooled: bool) -> dict[str, tuple[list[Outcome], str]]:
+    """Each table's outcomes and the seconds its jobs took: on the local cluster every table's runs share one
+    pool of workers (tables overlap); elsewhere table after table."""
+    if not plans:
+        return {}
+    if pooled:
+        return execute_pooled(plans, results, max_parallel, progress=not args.no_progress)
+    outcomes = {}
+    for spec, todo in plans:
+        start = time.perf_counter()
+        done = execute(spec, todo, results, args.cluster, max_parallel, slurm, tasks_per_node,
+                       progress=not args.no_progress)
+        outcomes[spec.name] = (done, f"in {time.perf_counter() - start:.0f} s")
+    return outcomes
+
+
+def report(outcomes: dict[str, tuple[list[Outcome], str]]) -> int:
+    """One line per table, the failures in detail; 1 if any run failed."""
+    status = 0
+    for table, (done, took) in outcomes.items():
+        failed = [o for o in done if o.status == "failed"]
+        print(f"{table}: {len(done) - len(failed)} complete, {len(failed)} failed {took}")
+        if failed:
+            print(failure_report(done), file=sys.stderr)
+            status = 1
+    return status
+
+
 def per_rank_batch(batch: int, world: int) -> str:
     return str(batch // world) if batch % world == 0 else f"{batch / world:.2f} (not a multiple of {world} ranks)"
 
 
-def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per_node: int) -> None:
+def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per_node: int, pooled: bool) -> None:
     world = slurm.world_size if slurm else tasks_per_node
     per = "per_gpu" if slurm is not None and slurm.gpus_per_node else "per_rank"
     for run in runs:
@@ -216,7 +256,8 @@ def dry_run(spec, runs, pending, todo, args, slurm, max_parallel: int, tasks_per
         params = slurm_parameters(slurm, f"repnext-{spec.name}", max_parallel)
     else:
         params = local_parameters(f"repnext-{spec.name}", tasks_per_node)
-    print(f"  executor {args.cluster}: max_parallel={max_parallel} " +
+    workers = f" in a pool of {max_parallel} notebook workers shared by the tables" if pooled else ""
+    print(f"  executor {args.cluster}{workers}: max_parallel={max_parallel} " +
           " ".join(f"{k}={v}" for k, v in sorted(params.items())))
 
 

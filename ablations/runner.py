@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,7 @@ from repnext.store import RunPaths, read_json, write_json
 
 from .clusters import SlurmProfile, make_executor
 from .job import NotebookJob, NotebookTask
+from .pool import NotebookWorker, TaskQueue
 from .render import complete_record
 from .spec import Run, TableSpec
 
@@ -89,7 +91,7 @@ def submission_folder(results: Path, table: str) -> Path:
 
 
 def _epochs_done(run: Run, results: Path) -> int:
-    log = run.folder(results) / "log.txt"
+    log = RunPaths(run.folder(results)).log
     try:
         return sum(1 for line in log.read_text().splitlines() if line.strip())
     except FileNotFoundError:
@@ -110,32 +112,40 @@ def dead_rank(log: Path | None) -> str | None:
     return f"rank {tasks} on {host}: {what}"
 
 
-def _outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
+def _outcome(run: Run, results: Path, job_error: Callable[[], str | None], log: Path | None) -> Outcome:
+    """What became of ``run``: its record says, else SLURM's word on a killed rank (from the job's ``log``),
+    else ``job_error()``, what the job itself raised."""
     folder = run.folder(results)
-    notebook = folder / "run.ipynb"
+    paths = RunPaths(folder)
     try:
-        record = read_json(folder / "record.json")
+        record = read_json(paths.record)
     except StoreError as e:
         record = {"error": str(e)}
     if record is not None and record.get("status") == "complete":
-        return Outcome(run, "complete", notebook=notebook)
-    rank = dead_rank(getattr(job.paths, "stderr", None))
+        return Outcome(run, "complete", notebook=paths.notebook)
+    rank = dead_rank(log)
     if rank is not None:  # a rank died without a word (killed, OOM): SLURM names it, the record keeps it first
         survivors = (record or {}).get("error")  # e.g. what rank 0 saw: a lost peer
         died = f"{rank} (SLURM ended the job's other ranks)" + (f"; {survivors}" if survivors else "")
         record = {**(record or {"run_id": run.run_id}), "status": "failed", "error": died}
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(folder / "record.json", record)
+        write_json(paths.record, record)
     if record is not None and record.get("error"):
         error = record["error"]
     else:
-        exc = job.exception()
-        error = str(exc) if exc is not None else "the job ended without writing a record"
+        error = job_error() or "the job ended without writing a record"
     # submitit appends where its logs are (reported below): keep the error itself
     lines = [line for line in error.split(SUBMITIT_LOGS_NOTE)[0].splitlines() if line.strip(" -\n")]
     tail = "\n".join(lines[-ERROR_LINES:])
-    log = getattr(job.paths, "stderr", None)
-    return Outcome(run, "failed", tail, notebook if notebook.exists() else None, log)
+    return Outcome(run, "failed", tail, paths.notebook if paths.notebook.exists() else None, log)
+
+
+def _job_outcome(run: Run, job: submitit.Job, results: Path) -> Outcome:
+    def job_error() -> str | None:
+        exc = job.exception()
+        return str(exc) if exc is not None else None
+
+    return _outcome(run, results, job_error, getattr(job.paths, "stderr", None))
 
 
 def _note_signal(signum: int, frame) -> None:
@@ -162,7 +172,8 @@ def stops_jobs_on_signals(fn):
     return wrapper
 
 
-def _submit(executor: submitit.Executor, function: NotebookJob, task: NotebookTask) -> submitit.Job:
+def _submit(executor: submitit.Executor, function: NotebookJob | NotebookWorker, task: NotebookTask | TaskQueue
+            ) -> submitit.Job:
     """Submit with SIGINT ignored: the local controller and job inherit that, so Ctrl-C to the terminal's process
     group reaches the runner alone, which stops the jobs in order (a checkpoint, a complete run.ipynb)."""
     if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
@@ -174,20 +185,22 @@ def _submit(executor: submitit.Executor, function: NotebookJob, task: NotebookTa
         signal.signal(signal.SIGINT, previous)
 
 
-def stop_jobs(live: list[tuple[NotebookTask, submitit.Job]], signum: int) -> RunnerInterrupted:
-    """Ask every live job's training for a checkpoint through its stop file (touched until the job ends, so a
-    training that starts later sees it too), wait for them to end, kill what is left after ``STOP_WAIT_S``."""
+def stop_jobs(tasks: list[NotebookTask], jobs: list[submitit.Job], signum: int) -> RunnerInterrupted:
+    """Ask the training of every task still running for a checkpoint through its stop file (touched until the
+    jobs end, so a training that starts later sees it too), wait for the jobs to end, kill what is left after
+    ``STOP_WAIT_S``."""
     deadline = time.monotonic() + STOP_WAIT_S
+    live = [job for job in jobs if not job.done()]
     n = len(live)
     while live and time.monotonic() < deadline:
-        for task, _ in live:
+        for task in tasks:
             try:
                 Path(task.stop).touch()
             except OSError:  # the job has not created its run folder yet
                 pass
         time.sleep(POLL_S)
-        live = [(task, job) for task, job in live if not job.done()]
-    for _, job in live:
+        live = [job for job in live if not job.done()]
+    for job in live:
         job.cancel(check=False)
     killed = f", {len(live)} killed after {STOP_WAIT_S:.0f} s" if live else ""
     return RunnerInterrupted(signum, f"interrupted by {signal.Signals(signum).name}: stopped {n} running job(s), "
@@ -227,7 +240,8 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
     while len(outcomes) < len(runs):
         if _received:
             bar.close()
-            interrupted = stop_jobs([(task, job) for task, job in started if not job.done()], _received[0])
+            live = [(task, job) for task, job in started if not job.done()]
+            interrupted = stop_jobs([task for task, _ in live], [job for _, job in live], _received[0])
             prune_submission(folder, [])  # nothing failed: the run folders hold the checkpoints and notebooks
             raise interrupted
         while queue and len(jobs) - len(outcomes) < max_parallel:
@@ -240,7 +254,7 @@ def execute(spec: TableSpec, runs: list[Run], results: Path, cluster: str, max_p
             if run_id in outcomes:
                 continue
             if job.done():
-                outcomes[run_id] = _outcome(run, job, results)
+                outcomes[run_id] = _job_outcome(run, job, results)
                 if outcomes[run_id].status == "failed":
                     tqdm.write(f"FAILED {run_id}: {outcomes[run_id].error.splitlines()[-1]}")
             elif job.state in ("RUNNING", "COMPLETING"):
@@ -268,3 +282,119 @@ def failure_report(outcomes: list[Outcome]) -> str:
         if o.log:
             lines.append(f"    job log: {o.log}")
     return "\n".join(lines)
+
+
+@dataclass
+class PoolItem:
+    """A queued job of ``execute_pooled``: the runs one notebook execution completes."""
+    key: str
+    table: str
+    runs: list[Run]
+    task: NotebookTask
+
+
+def pool_items(plans: list[tuple[TableSpec, list[Run]]], results: Path) -> tuple[list[PoolItem], list[PoolItem]]:
+    """The exclusive tables' jobs (each runs alone, first) and the others', in the order they are claimed: tables
+    with fewer jobs first, since theirs are the long ones (dense, gradcam) and the many short runs of the large
+    tables then fill both workers to the end."""
+    alone, shared = [], []
+    for spec, runs in plans:
+        items = [PoolItem("", spec.name, group, task) for group, task in job_tasks(spec, runs, results)]
+        (alone if spec.exclusive else shared).append(items)
+    shared.sort(key=len)
+    ordered = [item for items in alone + shared for item in items]
+    for i, item in enumerate(ordered):
+        item.key = f"{i:04d}-{item.table}"
+    n_alone = sum(map(len, alone))
+    return ordered[:n_alone], ordered[n_alone:]
+
+
+def _key(run: Run) -> str:
+    return f"{run.table}/{run.run_id}"  # tables may hold runs of the same config, each in its own folder
+
+
+def _pool_outcomes(items: list[PoolItem], queue: TaskQueue, results: Path, workers: list[submitit.Job],
+                   outcomes: dict[str, Outcome]) -> None:
+    """Note the outcome of every item the workers finished; when no worker is left, of every other one too."""
+    ended = all(job.done() for job in workers)
+    for item in items:
+        if _key(item.runs[0]) in outcomes:
+            continue
+        result = queue.result(item.key)
+        if result is None and not ended:
+            continue
+
+        def error(result=result) -> str:
+            if result is not None:
+                return result.get("error", "")
+            failures = [str(job.exception()) for job in workers if job.exception() is not None]
+            return failures[0] if failures else "the workers ended before running it"
+
+        for run in item.runs:
+            outcome = outcomes[_key(run)] = _outcome(run, results, error, None)
+            if outcome.status == "failed":
+                tqdm.write(f"FAILED {run.table}/{run.run_id}: {outcome.error.splitlines()[-1]}")
+
+
+@stops_jobs_on_signals
+def execute_pooled(plans: list[tuple[TableSpec, list[Run]]], results: Path, n_workers: int,
+                   progress: bool = True) -> dict[str, tuple[list[Outcome], str]]:
+    """Every table's runs on ``n_workers`` local notebook workers (``ablations.pool``): the exclusive tables'
+    jobs first, each alone, then all the others. Per table: the outcomes in the order of its runs, and how long
+    its jobs took."""
+    begun = time.time()
+    folder = submission_folder(results, "pool")
+    queue = TaskQueue(folder / "queue")
+    alone, shared = pool_items(plans, results)
+    stages = [[item] for item in alone] + [shared]  # each stage is queued once the one before it is done
+    executor = make_executor("local", folder, name="repnext-pool")
+    workers = [_submit(executor, NotebookWorker(), queue) for _ in range(min(n_workers, len(alone + shared)))]
+    runs = [run for _, table_runs in plans for run in table_runs]
+    outcomes: dict[str, Outcome] = {}
+    bar = tqdm(total=sum(run.config.resolve().recipe.epochs for run in runs), desc="tables (local)", unit="epoch",
+               disable=not progress, mininterval=POLL_S if sys.stderr.isatty() else 30)
+    current: list[PoolItem] = []
+    while len(outcomes) < len(runs):
+        if _received:
+            bar.close()
+            queue.stop()
+            running = [item.task for item in alone + shared if queue.claimed(item.key) and not queue.result(item.key)]
+            interrupted = stop_jobs(running, workers, _received[0])
+            prune_submission(folder, [])
+            raise interrupted
+        if stages and all(queue.result(item.key) is not None for item in current):
+            current = stages.pop(0)
+            for item in current:
+                queue.put(item.key, item.task)
+            if not stages:
+                queue.close()
+        _pool_outcomes(alone + shared, queue, results, workers, outcomes)
+        bar.update(sum(_epochs_done(run, results) for run in runs) - bar.n)
+        if len(outcomes) < len(runs):
+            time.sleep(POLL_S)
+    bar.close()
+    _end_workers(workers)
+    took = {spec.name: _table_time([queue.result(i.key) for i in alone + shared if i.table == spec.name], begun)
+            for spec, _ in plans}
+    prune_submission(folder, list(outcomes.values()))
+    return {spec.name: ([outcomes[_key(run)] for run in table_runs], took[spec.name]) for spec, table_runs in plans}
+
+
+def _end_workers(workers: list[submitit.Job]) -> None:
+    """The queue is closed and empty: the workers end by themselves, promptly; any left after ``STOP_WAIT_S``
+    is killed (its submission folder is about to be removed)."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    while not all(job.done() for job in workers) and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    for job in workers:
+        if not job.done():
+            job.cancel(check=False)
+
+
+def _table_time(results: list[dict | None], begun: float) -> str:
+    """How long a table's jobs took in the pool, where tables overlap: worker time, and when the last ended."""
+    spans = [(r["started"], r["ended"]) for r in results if r is not None and "started" in r]
+    if not spans:
+        return "with no job finished"
+    busy = sum(end - start for start, end in spans)
+    return f"in {busy:.0f} s of worker time, the last done {max(end for _, end in spans) - begun:.0f} s into the pool"

@@ -85,6 +85,7 @@ class TableSpec:
     # its runs time models against each other: the runner measures them all in one job (the notebook gets
     # them as ``side_by_side``), again all together if any is missing, and runs no other job beside it
     exclusive: bool = False
+    after: tuple[str, ...] = ()  # tables whose runs this one's are made from: it is expanded and run after them
 
     @property
     def notebook_path(self) -> Path:
@@ -198,7 +199,7 @@ def load_spec(name: str, folder: Path = SPECS) -> TableSpec:
                      columns=tuple(columns), grid=grid, rows=rows, labels=data.get("labels", {}),
                      parameters=data.get("parameters", {}), figures=tuple(data.get("figures", ())),
                      notes=tuple(data.get("notes", ())), official_models=tuple(data.get("official_models", ())),
-                     exclusive=bool(data.get("exclusive", False)))
+                     exclusive=bool(data.get("exclusive", False)), after=tuple(data.get("after", ())))
     if not spec.notebook_path.is_file():
         raise SpecError(f"{path}: notebook {spec.notebook_path} does not exist")
     _check_parameters(path, spec.parameters, spec.notebook_path)
