@@ -24,7 +24,7 @@ import submitit
 from tqdm import tqdm
 
 from repnext.errors import StoreError
-from repnext.store import RunPaths, read_json, write_json
+from repnext.store import RunPaths, read_json, write_record
 
 from .clusters import SlurmProfile, make_executor
 from .job import NotebookJob, NotebookTask
@@ -129,7 +129,7 @@ def _outcome(run: Run, results: Path, job_error: Callable[[], str | None], log: 
         died = f"{rank} (SLURM ended the job's other ranks)" + (f"; {survivors}" if survivors else "")
         record = {**(record or {"run_id": run.run_id}), "status": "failed", "error": died}
         folder.mkdir(parents=True, exist_ok=True)
-        write_json(paths.record, record)
+        write_record(paths.record, record)
     if record is not None and record.get("error"):
         error = record["error"]
     else:

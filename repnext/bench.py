@@ -44,8 +44,8 @@ from .cli import BENCH_MODELS, BENCH_REFS, BENCH_TASKS, bench_argument_error, be
 from .messages import first_line
 from .models import is_repnext
 from .preflight import PreflightError, check_device
+from .runtime import Dist, cpu_name, environment
 from .store import write_json
-from .train import Dist, cpu_name, environment
 
 REPNEXT_FORMS = ("train", "branchwise", "official", "full", "full_noinplace", "single_branch")
 REFERENCE_FORMS = ("train", "fused")

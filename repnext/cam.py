@@ -501,8 +501,8 @@ def run_cell(config: dict | RunConfig, output: str | Path, *, checkpoints: dict 
     ``repnext.cells``: the spec's per-profile values are resolved when it expands.
     """
     from .profiles import get_profile
-    from .store import write_json
-    from .train import Dist, environment
+    from .runtime import Dist, environment
+    from .store import write_record
 
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     profile, output = config.profile, Path(output)
@@ -556,5 +556,5 @@ def run_cell(config: dict | RunConfig, output: str | Path, *, checkpoints: dict 
     fig.savefig(png, dpi=100)
     record.update(img_size=size, figure={"png": png.name, "cams": CAMS_FILE},
                   environment=environment(torch.device("cpu"), Dist()))
-    write_json(paths.record, record)
+    write_record(paths.record, record)
     return record

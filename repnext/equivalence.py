@@ -16,8 +16,8 @@ from torch import nn
 
 from .complexity import complexity, count_macs, count_params, inference_form
 from .config import RunConfig
-from .store import RunPaths, write_json
-from .train import Dist, environment
+from .runtime import Dist, environment
+from .store import RunPaths, write_record
 
 FORMS = ("official", "full", "single_branch", "single_branch_plain")
 
@@ -73,5 +73,5 @@ def run_cell(config: dict | RunConfig, output: str | Path, *, img_size: int = 22
     if timm.is_model(f"{config.model}e"):  # the E model trained as such, counted as the paper counts it
         record["e_model"] = complexity(f"{config.model}e", 1000, img_size, "official").as_dict()
     record["environment"] = environment(torch.device("cpu"), Dist())
-    write_json(RunPaths(Path(output)).record, record)
+    write_record(RunPaths(Path(output)).record, record)
     return record

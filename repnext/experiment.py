@@ -13,8 +13,9 @@ from .bench import throughput
 from .complexity import complexity
 from .config import PAPER_NUM_CLASSES, RunConfig
 from .profiles import get_profile
+from .runtime import launch_env
 from .store import RunPaths
-from .train import StopRequests, launch_env, pick_device, train
+from .train import StopRequests, pick_device, train
 
 
 def run_cell(config: dict | RunConfig, output: str | Path, *, paper: dict | None = None,

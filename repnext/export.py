@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = export_parser()
     args = parser.parse_args(argv)
 
-    from .train import Dist, environment  # lazy: the training module is heavy and only records need it
+    from .runtime import Dist, environment  # lazy: torch, and only records need it
 
     def fail(message: str) -> int:
         print(f"error: {message}", file=sys.stderr)

@@ -32,8 +32,8 @@ import torch
 from .bench import forms_of, fused_form, gpu_throughput, make_step, run, timed
 from .config import RunConfig
 from .models import is_repnext
-from .store import RunPaths, write_json
-from .train import Dist, cpu_name, environment
+from .runtime import Dist, cpu_name, environment
+from .store import RunPaths, write_record
 
 REPNEXT_FORMS = ("train", "full", "single_branch")
 BACKBONE_MODELS = ("repnext_m3", "repnext_m4", "repnext_m5", "repvit_m1_1", "repvit_m1_5", "repvit_m2_3")
@@ -202,7 +202,7 @@ def measure_side_by_side(runs: list[dict], rounds: int = 3, latency_iters: int =
     seconds = round(time.perf_counter() - start, 3)  # the job's, for all its models
     for record, cell in zip(records, runs):
         record.update(environment=env, seconds=seconds)
-        write_json(RunPaths(Path(cell["output"])).record, record)
+        write_record(RunPaths(Path(cell["output"])).record, record)
     return records
 
 

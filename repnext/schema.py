@@ -27,7 +27,7 @@ class RecordError(StoreError):
 
 @dataclass(frozen=True)
 class Environment:
-    """Where a run was measured (``repnext.train.environment``)."""
+    """Where a run was measured (``repnext.runtime.environment``)."""
     host: str
     cpu: str
     threads: int

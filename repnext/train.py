@@ -20,11 +20,7 @@ import dataclasses
 import functools
 import math
 import os
-import platform
-import re
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -46,8 +42,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-import repnext
-
 from .checkpoint import CheckpointError, adapt_state_dict, read_checkpoint
 from .cli import parse_train_arguments
 from .complexity import count_macs, count_params, inference_form
@@ -59,7 +53,8 @@ from .messages import first_line
 from .models import is_repnext
 from .preflight import check_device, check_model, check_resumable, check_run_folder
 from .recipes import Recipe
-from .store import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log
+from .runtime import Dist, all_sum, environment, init_distributed, launch_env, lost_peer
+from .store import RunPaths, load_checkpoint, read_json, save_checkpoint, write_json, write_log, write_record
 
 INTERRUPT_SIGNALS = (signal.SIGTERM, signal.SIGUSR2)  # what SLURM sends before time-out or preemption
 
@@ -110,84 +105,6 @@ class StopRequests:
             return self.stop_file.stat().st_mtime >= self._since
         except FileNotFoundError:
             return False
-
-
-# --- distributed -----------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def launch_env(environ: Mapping[str, str] = os.environ) -> Dist:
-    """Who this process is: torchrun's variables (also what submitit's TorchDistributedEnvironment.export()
-    sets) or, without them, SLURM's in a task of a plain ``srun -n N`` step, as the official utils.py reads
-    them (else N independent world-1 runs would write one folder)."""
-    if "WORLD_SIZE" in environ:
-        return Dist(int(environ.get("RANK", "0")), int(environ["WORLD_SIZE"]), int(environ.get("LOCAL_RANK", "0")))
-    if "SLURM_STEP_NUM_TASKS" in environ:  # srun sets it for its tasks; the batch script itself has none
-        world = int(environ["SLURM_STEP_NUM_TASKS"])
-        return Dist(int(environ["SLURM_PROCID"]), world, int(environ.get("SLURM_LOCALID", "0")))
-    return Dist()
-
-
-def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list (``gpu[03-05,7],cpu1`` -> ``gpu03``), parsed without scontrol."""
-    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
-    return match[1] + re.split(r"[-,]", match[2])[0] if match[2] else match[1]
-
-
-def slurm_rendezvous(environ: Mapping[str, str]) -> tuple[str, str]:
-    """MASTER_ADDR and MASTER_PORT for a plain srun step: the step's first host, a port from the job id."""
-    nodelist = environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST") or "localhost"
-    try:
-        hosts = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
-                               timeout=30, check=True).stdout.split()
-    except (OSError, subprocess.SubprocessError):
-        hosts = []
-    return hosts[0] if hosts else first_host(nodelist), str(20000 + int(environ.get("SLURM_JOB_ID", "0")) % 20000)
-
-
-def backend_for(device: torch.device) -> str:
-    """The process group's backends: host values (the stop agreement, metric sums) reduce through gloo, CUDA
-    tensors (DDP's gradients, BatchNorm statistics) through NCCL."""
-    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
-
-
-def init_distributed(device: torch.device, env: Dist) -> Dist:
-    """Join the process group of ``env`` (from ``launch_env``) on ``device``."""
-    if env.world <= 1:
-        return Dist()
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # before the group: NCCL binds each rank to its own GPU
-    if not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:  # a plain srun step: no torchrun rendezvous
-            addr, port = slurm_rendezvous(os.environ)
-            os.environ["MASTER_ADDR"] = addr
-            os.environ.setdefault("MASTER_PORT", port)
-        dist.init_process_group(backend_for(device), rank=env.rank, world_size=env.world)
-    return env
-
-
-def all_sum(values: list[float], env: Dist) -> list[float]:
-    """Sums of host values over the ranks, through gloo (a CUDA job's group has it beside NCCL)."""
-    if env.world == 1 and not dist.is_initialized():
-        return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def lost_peer(error: BaseException) -> bool:
-    """Whether a collective failed because another rank is gone (gloo raises on a closed connection)."""
-    text = str(error).lower()
-    return isinstance(error, dist.DistError) or "connection closed by peer" in text or "connection reset" in text
 
 
 # --- data ------------------------------------------------------------------------------------------------
@@ -315,8 +232,9 @@ def device_for(name: str, env: Dist, cuda_devices: int) -> str:
     return name if name != "cuda" else f"cuda:{env.local_rank % cuda_devices}"
 
 
-def pick_device(name: str, env: Dist = Dist()) -> torch.device:
-    return torch.device(device_for(name, env, torch.cuda.device_count() if torch.cuda.is_available() else 0))
+def pick_device(name: str, env: Dist | None = None) -> torch.device:
+    cuda_devices = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return torch.device(device_for(name, env or Dist(), cuda_devices))
 
 
 def amp_dtype(amp: str, capability: tuple[int, int] | None) -> str:
@@ -381,43 +299,6 @@ def load_teacher(name: str, path: Path, num_classes: int) -> nn.Module:
     except CheckpointError as e:
         raise TrainingError(f"cannot load teacher {name} ({num_classes} classes) from {path}: {e}") from None
     return teacher
-
-
-def cpu_name() -> str:
-    """The CPU's model name (platform.processor() is empty on most Linux systems)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def hostnames(env: Dist) -> list[str]:
-    """Every rank's host, in rank order (collective: all ranks call it)."""
-    hosts = [socket.gethostname()] * env.world
-    if env.world > 1:
-        dist.all_gather_object(hosts, socket.gethostname())
-    return hosts
-
-
-def environment(device: torch.device, env: Dist) -> dict:
-    def git_sha() -> str | None:
-        try:
-            return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                                  text=True, timeout=10).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    return {
-        "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
-        "cpu": cpu_name(), "cpu_count": os.cpu_count(),
-        "threads": torch.get_num_threads(), "device": str(device),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "world_size": env.world, "hosts": hostnames(env), "torch": torch.__version__, "timm": timm.__version__,
-        "repnext": repnext.__version__, "git_sha": git_sha(),
-    }
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe) -> CosineLRScheduler:
@@ -716,7 +597,7 @@ def save_state(run: Run, parts: Parts, state: TrainState) -> None:
 def failure(run: Run, error: str, **where: int) -> TrainingError:
     """The error that ends the run; rank 0 writes it, and where it happened, as the failed record."""
     if run.env.main:
-        write_json(run.paths.record, {"status": "failed", "run_id": run.config.run_id, "error": error, **where})
+        write_record(run.paths.record, {"status": "failed", "run_id": run.config.run_id, "error": error, **where})
     return TrainingError(error)
 
 
@@ -898,7 +779,7 @@ def train(
         raise failure(run, lost_peer_message(e, run.env), epoch=state.epoch) from None
     record = final_record(run, parts, state, scores, extra)
     if run.env.main:
-        write_json(paths.record, record)
+        write_record(paths.record, record)
     return record
 
 # --- command line ----------------------------------------------------------------------------------------

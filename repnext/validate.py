@@ -28,8 +28,8 @@ from .config import RunConfig
 from .data import DATASETS, DatasetError, Transformed, build_dataset
 from .profiles import PROFILES
 from .recipes import RECIPES, get_recipe
-from .store import RunPaths, write_json
-from .train import Dist, environment
+from .runtime import Dist, environment
+from .store import RunPaths, write_record
 
 # the released files, by how they were trained (their names are in the models' pretrained cfgs)
 RELEASE_TAGS = {("repvit", True): "dist_300e_in1k", ("starnet", False): "starnet_300e_in1k",
@@ -131,7 +131,7 @@ def run_cell(config: dict | RunConfig, output: str | Path, *, checkpoint: str | 
     record = {"status": "complete", "run_id": config.run_id, "profile": config.profile, "source": "measured",
               **result, "checkpoint": Path(checkpoint).name,
               "environment": environment(torch.device("cuda" if torch.cuda.is_available() else "cpu"), Dist())}
-    write_json(RunPaths(Path(output)).record, record)
+    write_record(RunPaths(Path(output)).record, record)
     return record
 
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import timm
 import torch
 
+import repnext.runtime as runtime
 import repnext.train as engine
 from repnext.config import RunConfig
 
 output, dump = Path(sys.argv[1]), Path(sys.argv[2])
 mode = sys.argv[3] if len(sys.argv) > 3 else "run"
-env = engine.launch_env()
+env = runtime.launch_env()
 rank = env.rank
 config = RunConfig(model="repnext_m0", data="synthetic", epochs=2, batch_size=16, img_size=32)
 
@@ -97,7 +98,7 @@ def failing(action) -> None:
 def collectives() -> None:
     device = engine.pick_device("auto", env)
     torch.cuda.set_device(device)
-    torch.distributed.init_process_group(engine.backend_for(device))
+    torch.distributed.init_process_group(runtime.backend_for(device))
     model = timm.create_model("repnext_m0", num_classes=10).to(device).to(memory_format=torch.channels_last)
     ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device])
     x = torch.randn(8, 3, 64, 64, device=device).contiguous(memory_format=torch.channels_last)
@@ -110,7 +111,7 @@ def collectives() -> None:
     bad = torch.tensor(-1.0, dtype=torch.float64, device=device)
     (dump / "collectives.json").write_text(json.dumps({
         "device": str(device), "backend": torch.distributed.get_backend_config(), "loss": loss.item(),
-        "host_sum": engine.all_sum([1.0, 2.5], env), "device_sum": on_device.tolist(),
+        "host_sum": runtime.all_sum([1.0, 2.5], env), "device_sum": on_device.tolist(),
         "agree": engine.agree(env, True, True, bad, torch.zeros_like(bad))}))
 
 

@@ -19,26 +19,22 @@ import repnext.train as engine
 from repnext.config import RunConfig
 from repnext.data import build_dataset
 from repnext.preflight import TRAINING_KEYS
+from repnext.runtime import Dist, backend_for, first_host, launch_env, slurm_rendezvous
 from repnext.store import load_checkpoint
 from repnext.train import (
-    Dist,
     DistillationLoss,
     Interrupted,
     TrainingError,
     TrainState,
     amp_dtype,
-    backend_for,
     build_loaders,
     build_scheduler,
     build_teacher,
     check_batch,
     device_for,
     evaluate,
-    first_host,
-    launch_env,
     load_teacher,
     set_epoch_lr,
-    slurm_rendezvous,
     train,
 )
 

@@ -34,7 +34,8 @@ from torchvision.models.detection import MaskRCNN
 
 from ..checkpoint import CheckpointError, read_checkpoint, require_fit
 from ..data import DatasetError
-from ..train import Dist, TrainingError, pick_device
+from ..runtime import Dist
+from ..train import TrainingError, pick_device
 from .coco import CocoInstances
 from .detection import build_mask_rcnn
 from .engine import evaluate

@@ -26,19 +26,9 @@ from tqdm import tqdm
 from ..complexity import count_params
 from ..config import RunConfig
 from ..data import DatasetError, sample_seed, seed_everything
-from ..store import RunPaths, read_json, save_checkpoint, write_json, write_log
-from ..train import (
-    Dist,
-    Interrupted,
-    TrainingError,
-    all_sum,
-    environment,
-    init_distributed,
-    launch_env,
-    make_run_folder,
-    pick_device,
-    resume,
-)
+from ..runtime import Dist, all_sum, environment, init_distributed, launch_env
+from ..store import RunPaths, read_json, save_checkpoint, write_json, write_log, write_record
+from ..train import Interrupted, TrainingError, make_run_folder, pick_device, resume
 from .ade import IGNORE, AdeSegmentation, confusion_matrix, segmentation_metrics
 from .coco import CocoInstances, detection_metrics, grouped_batches, to_coco_results
 from .protocol import DenseProtocol, get_protocol
@@ -269,7 +259,7 @@ def train_dense(task: str, config: RunConfig, output: str | Path, backbone_weigh
         **(extra or {}),
     }
     if env.main:
-        write_json(paths.record, record)
+        write_record(paths.record, record)
     return record
 
 
@@ -289,7 +279,7 @@ def _loop(task, p, schedule, ddp, model, optimizer, data, state, env, device, pa
         if not math.isfinite(loss.item()):
             error = f"loss is {loss.item()} at iteration {it} (lr {lr:.3g}); the run diverged"
             if env.main:
-                write_json(paths.record, {"status": "failed", "run_id": paths.root.name, "error": error})
+                write_record(paths.record, {"status": "failed", "run_id": paths.root.name, "error": error})
             raise TrainingError(error)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
