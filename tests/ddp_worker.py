@@ -30,7 +30,7 @@ config = RunConfig(model="repnext_m0", data="synthetic", epochs=2, batch_size=16
 
 def spy_writes() -> list[str]:
     writes = []
-    for name in ("write_log", "save_checkpoint", "write_json"):
+    for name in ("write_log", "save_checkpoint", "write_json", "write_record"):
         original = getattr(engine, name)
 
         def spy(path, *args, _original=original, **kwargs):
