@@ -47,13 +47,11 @@ paper_tables: env models  ## every table through the ablation runner (cached run
 	@start=$$(date +%s); $(BIN)/python ablations/run.py --table $(TABLES) --cluster $(CLUSTER) --profile $(PROFILE); \
 		rc=$$?; echo "make paper_tables: $$(( $$(date +%s) - start )) s wall"; exit $$rc
 
-models: paper_tables/models.md
-
-# measured again only when the models, the counting or the paper's numbers change (a cached run stays fast);
+# measured again only when the models, the counting, timm/torch or the paper's numbers changed: models.json
+# keeps the fingerprint of what both files were made from (file dates would recount in every fresh clone);
 # models.json: the exact counts, which the runs read instead of counting again
-paper_tables/models.md: $(STAMP) $(wildcard repnext/models/*.py) repnext/complexity.py repnext/reparam.py \
-		paper_tables/reference.csv
-	$(BIN)/python -m repnext.models --output $@ --counts paper_tables/models.json
+models: env
+	$(BIN)/python -m repnext.models --output paper_tables/models.md --counts paper_tables/models.json --if-stale --quiet
 
 bench: env  ## speed figures (not tests): forms vs timm references, smoke training
 	$(BIN)/python -m repnext.bench

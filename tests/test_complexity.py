@@ -9,8 +9,8 @@ import pytest
 import repnext.complexity
 from repnext.complexity import Complexity, complexity, count_macs, counting_fingerprint, measure, measured_counts
 from repnext.models import REGISTERED_MODELS
-from repnext.models.__main__ import main, measure_rows, model_rows
-from repnext.reference import paper_value, paper_values
+from repnext.models.__main__ import main, measure_rows, model_rows, sources_fingerprint
+from repnext.reference import paper_value, paper_values, reference_path
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,21 @@ def test_cli_prints_every_row_as_csv(capsys, rows, tmp_path):
     m1 = next(r for r in table if r["table"] == "imagenet" and r["model"] == "repnext_m1")
     assert m1["paper params (M)"] == paper_value("imagenet", "repnext_m1", "params_m").text
     assert m1["matches paper"] == "yes"
+
+
+def test_if_stale_counts_only_when_the_sources_changed(tmp_path, capsys, monkeypatch):
+    table, counts = tmp_path / "models.md", tmp_path / "models.json"
+    table.write_text("made before")
+    counts.write_text(json.dumps({**sources_fingerprint(), "counts": []}))
+    argv = ["--quiet", "--output", str(table), "--counts", str(counts), "--if-stale"]
+    assert main(argv) == 0 and table.read_text() == "made before"  # nothing counted: a fresh clone's case
+    assert "up to date" in capsys.readouterr().out
+    changed = tmp_path / "reference.csv"  # the paper's values changed: the table prints them, so it is redone
+    changed.write_text(reference_path().read_text() + "\n")
+    monkeypatch.setattr("repnext.models.__main__.reference_path", lambda: changed)
+    monkeypatch.setattr("repnext.models.__main__.model_rows", lambda: model_rows()[:1])
+    assert main(argv) == 0 and table.read_text().startswith("# Model complexity")
+    assert json.loads(counts.read_text())["reference"] == sources_fingerprint()["reference"]
 
 
 def test_reference_values_are_well_formed():
