@@ -11,13 +11,15 @@ from pathlib import Path
 import submitit
 import tomllib
 
+from repnext.errors import RepnextError
+
 from . import SLURM
 
 CLUSTERS = ("debug", "local", "slurm")
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60  # local jobs are not scheduled: the limit only guards against a hang
 
 
-class ClusterError(ValueError):
+class ClusterError(RepnextError):
     pass
 
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from ablations import PAPER_TABLES
 from ablations.clusters import (
     CLUSTERS,
-    ClusterError,
     check_slurm,
     get_slurm_profile,
     local_parameters,
@@ -30,9 +29,10 @@ from ablations.clusters import (
 )
 from ablations.render import index_entry, render_index, render_table
 from ablations.runner import Outcome, RunnerInterrupted, execute, execute_pooled, failure_report, pending_runs
-from ablations.spec import Run, SpecError, TableSpec, available_tables, load_spec
+from ablations.spec import Run, TableSpec, available_tables, load_spec
 from repnext.dense.protocol import TASKS as DENSE_TASKS
 from repnext.dense.protocol import get_protocol
+from repnext.errors import RepnextError
 from repnext.profiles import PROFILES, get_profile
 from repnext.store import DEFAULT_RESULTS
 
@@ -40,7 +40,7 @@ DEFAULT_SLURM_PROFILE = {"smoke": "local", "full": "gpu"}
 MULTINODE_SLURM_PROFILE = {"smoke": "local-multi"}  # the default with --nodes > 1 (the local cluster's nodes)
 
 
-class UsageError(ValueError):
+class UsageError(RepnextError):
     pass
 
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             if not get_profile(args.profile).substitute_data and args.data_root is None:
                 raise UsageError(f"the {args.profile} profile trains on the paper's datasets: pass --data-root "
                                  "(ImageNet with train/ and val/, or the folder holding cifar-100-python/)")
-    except (UsageError, SpecError, ClusterError, ValueError) as e:
+    except RepnextError as e:  # UsageError, SpecError, ClusterError, ConfigError ...
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
     location = {k: v for k, v in (("data_root", args.data_root), ("teacher_checkpoint", args.teacher_checkpoint))

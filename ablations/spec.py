@@ -22,6 +22,7 @@ import tomllib
 
 from repnext.complexity import table_fuse_mode
 from repnext.config import RunConfig
+from repnext.errors import RepnextError
 from repnext.profiles import PROFILES, for_profile, get_profile
 from repnext.recipes import get_recipe
 
@@ -34,7 +35,7 @@ RUNNER_PARAMETERS = ("config", "output", "paper", "side_by_side")
 DERIVED_PARAMETERS = {"fuse_mode": "repnext.complexity.TABLE_FUSE_MODE, by the spec's reference table"}
 
 
-class SpecError(ValueError):
+class SpecError(RepnextError):
     pass
 
 

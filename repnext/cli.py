@@ -64,7 +64,7 @@ def reject_bad_train_arguments() -> None:
     """``parse_train_arguments`` of the command line, exiting with its one line (status 1) on a bad value."""
     try:
         parse_train_arguments()
-    except (RepnextError, ValueError) as e:
+    except RepnextError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from .errors import RepnextError
+from .errors import ConfigError
 from .profiles import Profile, get_profile
 from .recipes import Recipe, get_recipe
 
@@ -17,10 +17,6 @@ DATASETS = ("digits", "synthetic", "imagenet", "cifar100")
 PAPER_NUM_CLASSES = {"imagenet": 1000, "cifar100": 100}
 POSITIVE_FIELDS = ("epochs", "batch_size", "img_size")
 MIN_IMG_SIZE = 32  # the models' stem and stages downsample 32x: a smaller input trains on padding
-
-
-class ConfigError(RepnextError):
-    """A run config value that no run can use."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +61,7 @@ class RunConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown run config field(s) {sorted(unknown)}; expected {sorted(names)}")
+            raise ConfigError(f"unknown run config field(s) {sorted(unknown)}; expected {sorted(names)}")
         return cls(**d)
 
     def resolve(self) -> Settings:
@@ -78,7 +74,7 @@ class RunConfig:
             recipe = recipe.replace(warmup_epochs=recipe.epochs - 1)
         batch = self.batch_size or recipe.total_batch(self.distillation)
         if batch % 2:
-            raise ValueError(f"batch size must be even (mixup pairs samples), got {batch}")
+            raise ConfigError(f"batch size must be even (mixup pairs samples), got {batch}")
         return Settings(
             config=self, recipe=recipe, profile=profile, data=self.data or profile.data,
             img_size=self.img_size or profile.img_size, batch_size=batch,

@@ -18,12 +18,13 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .config import DATASETS
+from .errors import RepnextError
 
 IMAGENET_LAYOUT = "ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (ImageFolder)"
 CIFAR_LAYOUT = "ROOT/cifar-100-python/{train,test,meta} (the python-pickle release, unpacked)"
 
 
-class DatasetError(ValueError):
+class DatasetError(RepnextError):
     """A dataset name or path that cannot be used."""
 
 

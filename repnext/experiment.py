@@ -50,7 +50,9 @@ def run_cell(config: dict | RunConfig, output: str | Path, *, paper: dict | None
         extra["throughput"] = throughput(config.model, batch=throughput_batch, img_size=img_size, device=device)
     paths = RunPaths(Path(output))
     with StopRequests(paths.stop if rank.main else None) as should_stop:  # rank 0 watches the file for all
-        return train(config, output, progress=progress, should_stop=should_stop, extra=extra)
+        # a cell of another table may be training this very run (the dense tables train the imagenet table's
+        # backbone run when it is missing): wait for it and take its record, rather than fail
+        return train(config, output, progress=progress, should_stop=should_stop, extra=extra, wait_for_lock=True)
 
 
 def plot_curves(output: str | Path, title: str | None = None):

@@ -28,6 +28,7 @@ import yaml
 
 from .complexity import Complexity, measure, table_fuse_mode
 from .config import PAPER_NUM_CLASSES, RunConfig, Settings
+from .errors import RepnextError
 from .messages import first_line
 from .recipes import get_recipe
 
@@ -36,7 +37,7 @@ SUMMARY_COLUMNS = {"lr": "train_lr", "train_loss": "train_loss", "eval_loss": "t
                    "eval_top1": "test_acc1", "eval_top5": "test_acc5", "epoch": "epoch"}  # DeiT order
 
 
-class LogImportError(ValueError):
+class LogImportError(RepnextError):
     """A file that cannot be imported; the message is one line and names the file."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .errors import ConfigError
 from .recipes import Recipe
 
 
@@ -73,7 +74,7 @@ PROFILES = {p.name: p for p in (FULL, SMOKE)}
 
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {name!r}; expected one of {', '.join(PROFILES)}")
     return PROFILES[name]
 
 
@@ -85,7 +86,7 @@ def for_profile(value, profile: str):
         return value
     if value and set(value) <= set(PROFILES):
         if profile not in value:
-            raise ValueError(f"no value for profile {profile!r} in {value!r}; give one per profile "
+            raise ConfigError(f"no value for profile {profile!r} in {value!r}; give one per profile "
                              f"({', '.join(PROFILES)})")
         return for_profile(value[profile], profile)
     return {k: for_profile(v, profile) for k, v in value.items()}

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -77,7 +79,7 @@ class Recipe:
     def replace(self, **changes) -> Recipe:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown recipe field(s) {sorted(unknown)}")
+            raise ConfigError(f"unknown recipe field(s) {sorted(unknown)}")
         return dataclasses.replace(self, **changes)
 
 
@@ -112,7 +114,7 @@ RECIPES = {r.name: r for r in (REPVIT, STARNET)}
 
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise ValueError(f"unknown recipe {name!r}; expected one of {', '.join(RECIPES)}")
+        raise ConfigError(f"unknown recipe {name!r}; expected one of {', '.join(RECIPES)}")
     return RECIPES[name]
 
 

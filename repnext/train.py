@@ -795,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
         signum = should_stop.received[0]
         print(f"interrupted by {signal.Signals(signum).name}: {e}", file=sys.stderr)
         return 128 + signum
-    except (TrainingError, CheckpointError, RepnextError, ValueError) as e:
+    except (TrainingError, RepnextError) as e:
         if launch_env().main or not getattr(e, "every_rank", False):
             print(f"error: {e}", file=sys.stderr)
         else:  # every rank found it: rank 0 says it once, before torchrun or srun ends the others

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader
 from .checkpoint import CheckpointError, adapt_state_dict, read_checkpoint
 from .config import RunConfig
 from .data import DATASETS, DatasetError, Transformed, build_dataset
+from .errors import RepnextError
 from .profiles import PROFILES
 from .recipes import RECIPES, get_recipe
 from .runtime import Dist, environment
@@ -36,7 +37,7 @@ RELEASE_TAGS = {("repvit", True): "dist_300e_in1k", ("starnet", False): "starnet
                 ("starnet", True): "starnet_dist_300e_in1k"}
 
 
-class ValidateError(ValueError):
+class ValidateError(RepnextError):
     pass
 
 

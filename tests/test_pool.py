@@ -2,16 +2,23 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
 import nbformat
+import pytest
 
 from ablations.job import NotebookTask
 from ablations.pool import NotebookWorker, TaskQueue
 from ablations.runner import pool_items
 from ablations.spec import load_spec
+from repnext.config import RunConfig
+from repnext.experiment import run_cell
 
+HOLD_S = 6.0
 PROBE = """import json, os
 leaked = "seen" in globals()
 with open("probe.json", "w") as f:
@@ -110,3 +117,22 @@ def test_exclusive_tables_run_alone_first_and_small_tables_lead_the_shared_queue
     assert [item.table for item in shared] == ["gradcam"] + ["srp"] * 2 + ["imagenet"] * 12
     keys = [item.key for item in alone + shared]
     assert keys == sorted(keys) and len(set(keys)) == len(keys)
+
+
+@pytest.mark.slow
+def test_a_cell_whose_run_another_worker_trains_waits_and_takes_its_record(tmp_path):
+    """Two tables' cells may train one run at once (a dense table trains the imagenet table's backbone run):
+    the second waits for the first's lock instead of failing, then finds the run complete. ~15 s."""
+    config = RunConfig("repnext_m0", profile="smoke", data="digits", epochs=1)
+    folder = tmp_path / "imagenet" / config.run_id
+    folder.mkdir(parents=True)
+    # another worker's training of the same run: a process holding the run's lock for HOLD_S
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from repnext.lock import RunLock; lock = RunLock(Path(sys.argv[1])).acquire(); "
+                               "print('held', flush=True); time.sleep(float(sys.argv[2]))", str(folder), str(HOLD_S)],
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    start = time.monotonic()
+    record = run_cell(config, folder, throughput_batch=None)
+    assert time.monotonic() - start > HOLD_S / 2 and holder.wait(timeout=60) == 0  # it waited for the holder
+    assert record["status"] == "complete" and record["run_id"] == config.run_id

@@ -9,6 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import RunConfig
+from ..errors import ConfigError
 
 TASKS = ("detection", "segmentation")
 
@@ -71,9 +72,9 @@ PROTOCOLS = {"full": FULL, "smoke": SMOKE}
 def get_protocol(task: str, config: RunConfig) -> DenseProtocol:
     """The settings of ``config``'s run of ``task``: its profile's, then the config's explicit values."""
     if task not in TASKS:
-        raise ValueError(f"unknown dense task {task!r}; expected one of {', '.join(TASKS)}")
+        raise ConfigError(f"unknown dense task {task!r}; expected one of {', '.join(TASKS)}")
     if config.profile not in PROTOCOLS:
-        raise ValueError(f"unknown profile {config.profile!r}; expected one of {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown profile {config.profile!r}; expected one of {', '.join(PROTOCOLS)}")
     p = PROTOCOLS[config.profile][task]
     changes = dict(FULL_OVERRIDES.get((task, config.model), {})) if config.profile == "full" else {}
     for name in ("batch_size", "lr", "seed"):
