@@ -51,7 +51,8 @@ paper_tables: env models  ## every table through the ablation runner (cached run
 # keeps the fingerprint of what both files were made from (file dates would recount in every fresh clone);
 # models.json: the exact counts, which the runs read instead of counting again
 models: env
-	$(BIN)/python -m repnext.models --output paper_tables/models.md --counts paper_tables/models.json --if-stale --quiet
+	@$(BIN)/python -m repnext.counts paper_tables/models.md paper_tables/models.json \
+		|| $(BIN)/python -m repnext.models --output paper_tables/models.md --counts paper_tables/models.json --quiet
 
 bench: env  ## speed figures (not tests): forms vs timm references, smoke training
 	$(BIN)/python -m repnext.bench

@@ -9,7 +9,6 @@ from pathlib import Path
 
 from repnext.profiles import get_profile
 from repnext.store import RunPaths
-from repnext.validate import release_file
 
 from .render import complete_record
 from .spec import Run, load_spec
@@ -20,8 +19,16 @@ def _source_table() -> str:
     return load_spec("released").after[0]
 
 
+def _release_file(run: Run) -> str | None:
+    """The release file of the run's cell (the models' pretrained cfgs: timm, so torch; only the full profile
+    asks, and a smoke table renders without them)."""
+    from repnext.validate import release_file
+
+    return release_file(run.config.model, run.config.recipe, run.config.distillation)
+
+
 def _release_checkpoints(runs: list[Run], checkpoints: Path) -> dict[str, Path]:
-    files = {run.run_id: release_file(run.config.model, run.config.recipe, run.config.distillation) for run in runs}
+    files = {run.run_id: _release_file(run) for run in runs}
     return {run_id: checkpoints / name for run_id, name in files.items() if name is not None}
 
 
@@ -41,7 +48,7 @@ def released_runs(runs: list[Run], profile: str, results: Path, checkpoints: Pat
         where = f"not trained yet by the {_source_table()} table (run --table {_source_table()} first)"
     else:
         if checkpoints is None:  # rendering only (run.py asks for --checkpoints before submitting): the releases
-            return [run for run in runs if release_file(run.config.model, run.config.recipe, run.config.distillation)]
+            return [run for run in runs if _release_file(run)]
         wanted = _release_checkpoints(runs, checkpoints)
         found = {i: p for i, p in wanted.items() if p.is_file()}
         where = f"not in {checkpoints}"

@@ -27,6 +27,7 @@ from ablations.clusters import (
     local_parameters,
     slurm_parameters,
 )
+from ablations.released import released_runs
 from ablations.render import index_entry, render_index, render_table
 from ablations.runner import Outcome, RunnerInterrupted, execute, execute_pooled, failure_report, pending_runs
 from ablations.spec import Run, TableSpec, available_tables, load_spec
@@ -187,8 +188,6 @@ def plan_table(spec: TableSpec, args: argparse.Namespace, results: Path, locatio
     runs = [dataclasses.replace(run, config=dataclasses.replace(run.config, **location))
             for run in spec.expand(args.profile)]
     if spec.name == "released":  # its cells evaluate files: the releases (full) or the imagenet runs' (smoke)
-        from ablations.released import released_runs  # here: it imports torch (bad arguments answer first)
-
         runs = released_runs(runs, args.profile, results, args.checkpoints)
     selected = {run.run_id for run in spec.expand(args.profile, args.only)}  # --only limits what runs
     pending = pending_runs(runs, results)

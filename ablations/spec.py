@@ -5,7 +5,7 @@ grid of ``RunConfig`` fields (models x recipes x epochs x ...) at the paper's sc
 cell (``Profile.epochs_for``, ``Profile.dataset_for``); the run id is the hash of the scaled config. The
 notebook's parameters (``[parameters]``) are resolved for the profile there too (``{smoke = 2, full = 20}`` ->
 2), so a cell (``repnext.cells``) gets plain values; its ``fuse_mode`` is the reference table's
-(``repnext.complexity.table_fuse_mode``), not the spec's.
+(``repnext.reference.table_fuse_mode``), not the spec's.
 """
 from __future__ import annotations
 
@@ -20,11 +20,11 @@ from pathlib import Path
 
 import tomllib
 
-from repnext.complexity import table_fuse_mode
 from repnext.config import RunConfig
 from repnext.errors import RepnextError
 from repnext.profiles import PROFILES, for_profile, get_profile
 from repnext.recipes import get_recipe
+from repnext.reference import table_fuse_mode
 
 from . import NOTEBOOKS, SPECS
 
@@ -32,7 +32,7 @@ CONFIG_FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
 # the notebook parameters the runner sets for every run (ablations.runner.notebook_task), never a spec's
 RUNNER_PARAMETERS = ("config", "output", "paper", "side_by_side")
 # notebook parameters derived from the spec's reference table, never given in a spec
-DERIVED_PARAMETERS = {"fuse_mode": "repnext.complexity.TABLE_FUSE_MODE, by the spec's reference table"}
+DERIVED_PARAMETERS = {"fuse_mode": "repnext.reference.TABLE_FUSE_MODE, by the spec's reference table"}
 
 
 class SpecError(RepnextError):

@@ -25,7 +25,7 @@ def run_cell(config: dict | RunConfig, output: str | Path, *, paper: dict | None
     contract of ``repnext.cells``).
 
     ``num_classes``/``img_size``/``fuse_mode``: the paper's counting setting for this table (a table spec's
-    fuse mode is its reference table's, ``repnext.complexity.table_fuse_mode``; the counts of ``make models``
+    fuse mode is its reference table's, ``repnext.reference.table_fuse_mode``; the counts of ``make models``
     where it has them, else counted here: ``repnext.complexity.complexity``); ``num_classes=None`` takes it
     from the paper's dataset of the cell (``paper["data"]``, whatever the profile trains on).
     ``throughput_batch=None`` skips the throughput.

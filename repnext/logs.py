@@ -26,11 +26,13 @@ from pathlib import Path
 import timm
 import yaml
 
-from .complexity import Complexity, measure, table_fuse_mode
+from .complexity import measure
 from .config import PAPER_NUM_CLASSES, RunConfig, Settings
+from .counts import Complexity
 from .errors import RepnextError
 from .messages import first_line
 from .recipes import get_recipe
+from .reference import table_fuse_mode
 
 MANIFEST = Path(__file__).with_name("official_logs.csv")
 SUMMARY_COLUMNS = {"lr": "train_lr", "train_loss": "train_loss", "eval_loss": "test_loss",

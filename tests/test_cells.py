@@ -10,8 +10,8 @@ import pytest
 from ablations import NOTEBOOKS
 from ablations.spec import RUNNER_PARAMETERS, SpecError, available_tables, load_spec, notebook_parameters
 from repnext.cells import cell_parameters
-from repnext.complexity import TABLE_FUSE_MODE, table_fuse_mode
 from repnext.profiles import PROFILES
+from repnext.reference import TABLE_FUSE_MODE, table_fuse_mode
 
 SPECS = {name: load_spec(name) for name in available_tables()}
 CELL_NOTEBOOKS = sorted({spec.notebook for spec in SPECS.values()})
@@ -92,7 +92,7 @@ def spec_file(tmp_path, parameters: str):
 
 
 @pytest.mark.parametrize("parameters, message", [
-    ('fuse_mode = "full"', r"\['fuse_mode'\] come from repnext.complexity.TABLE_FUSE_MODE, by the spec's reference"),
+    ('fuse_mode = "full"', r"\['fuse_mode'\] come from repnext.reference.TABLE_FUSE_MODE, by the spec's reference"),
     ("img_sise = 224", r"\['img_sise'\] are not parameters of imagenet.ipynb; accepted: \['img_size', 'num_classes', "
                        r"'throughput_batch'\]"),
     ('paper = {model = "x"}', r"\['paper'\] are not parameters of imagenet.ipynb"),

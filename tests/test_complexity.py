@@ -3,13 +3,16 @@ paper_tables/reference.csv, never typed here)."""
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import pytest
 
 import repnext.complexity
-from repnext.complexity import Complexity, complexity, count_macs, counting_fingerprint, measure, measured_counts
+from repnext.complexity import complexity, count_macs, measure
+from repnext.counts import Complexity, counting_fingerprint, measured_counts, sources_fingerprint, up_to_date
 from repnext.models import REGISTERED_MODELS
-from repnext.models.__main__ import main, measure_rows, model_rows, sources_fingerprint
+from repnext.models.__main__ import main, measure_rows, model_rows
 from repnext.reference import paper_value, paper_values, reference_path
 
 
@@ -90,19 +93,24 @@ def test_cli_prints_every_row_as_csv(capsys, rows, tmp_path):
     assert m1["matches paper"] == "yes"
 
 
-def test_if_stale_counts_only_when_the_sources_changed(tmp_path, capsys, monkeypatch):
+def test_the_counts_are_up_to_date_until_their_sources_change(tmp_path, monkeypatch):
     table, counts = tmp_path / "models.md", tmp_path / "models.json"
     table.write_text("made before")
     counts.write_text(json.dumps({**sources_fingerprint(), "counts": []}))
-    argv = ["--quiet", "--output", str(table), "--counts", str(counts), "--if-stale"]
-    assert main(argv) == 0 and table.read_text() == "made before"  # nothing counted: a fresh clone's case
-    assert "up to date" in capsys.readouterr().out
+    check = [sys.executable, "-c", "import runpy, sys; sys.argv[1:] = sys.argv[2:]; "
+             "runpy.run_module('repnext.counts', run_name='__main__')", "--", str(table), str(counts)]
+    # `make models` asks this first: a fresh clone's files are up to date, and asking imports no torch
+    assert subprocess.run(check).returncode == 0
+    probe = subprocess.run([sys.executable, "-c", "import sys, repnext.counts; print('torch' in sys.modules)"],
+                           capture_output=True, text=True)
+    assert probe.stdout.strip() == "False"
     changed = tmp_path / "reference.csv"  # the paper's values changed: the table prints them, so it is redone
     changed.write_text(reference_path().read_text() + "\n")
-    monkeypatch.setattr("repnext.models.__main__.reference_path", lambda: changed)
-    monkeypatch.setattr("repnext.models.__main__.model_rows", lambda: model_rows()[:1])
-    assert main(argv) == 0 and table.read_text().startswith("# Model complexity")
-    assert json.loads(counts.read_text())["reference"] == sources_fingerprint()["reference"]
+    monkeypatch.setattr("repnext.counts.reference_path", lambda: changed)
+    assert up_to_date(table, counts) is False
+    counts.write_text(json.dumps({**sources_fingerprint(), "counts": []}))
+    assert up_to_date(table, counts) and not up_to_date(tmp_path / "missing.md", counts)
+    assert subprocess.run([*check[:-2], str(table), str(tmp_path / "missing.json")]).returncode == 1
 
 
 def test_reference_values_are_well_formed():

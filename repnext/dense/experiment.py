@@ -4,10 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import experiment
-from ..complexity import table_fuse_mode
 from ..config import RunConfig
 from ..profiles import get_profile
 from ..recipes import get_recipe
+from ..reference import table_fuse_mode
 from ..store import RunPaths, read_json
 from ..train import StopRequests, TrainingError
 from .engine import train_dense

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import hashlib
 import io
 import json
 import sys
@@ -19,9 +18,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..complexity import Complexity, counting_fingerprint, measure, table_fuse_mode, table_num_classes
+from ..complexity import measure
+from ..counts import Complexity, sources_fingerprint
 from ..files import atomic_write_text
-from ..reference import PaperValue, paper_values, reference_path
+from ..reference import PaperValue, paper_values, table_fuse_mode, table_num_classes
 from . import REGISTERED_MODELS
 
 PARAM_METRICS = ("params_m_fine", "params_m")  # finest printed precision first
@@ -104,36 +104,13 @@ def render(rows: list[ModelRow], fmt: str = "md") -> str:
     return "\n".join([line(HEADER), sep, *map(line, cells)]) + "\n"
 
 
-def sources_fingerprint() -> dict[str, str]:
-    """What ``models.md`` and ``models.json`` are made from: the counting code and versions, and the paper's
-    values they are printed beside."""
-    return {"fingerprint": counting_fingerprint(),
-            "reference": hashlib.sha256(reference_path().read_bytes()).hexdigest()[:16]}
-
-
-def up_to_date(output: Path, counts: Path) -> bool:
-    """Whether both files exist and were made from the present sources (a fresh clone's are: no recount)."""
-    try:
-        saved = json.loads(counts.read_text())
-    except (OSError, ValueError):
-        return False
-    return output.is_file() and all(saved.get(k) == v for k, v in sources_fingerprint().items())
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m repnext.models", description=__doc__.splitlines()[0])
     parser.add_argument("--format", choices=("md", "csv"), default="md")
     parser.add_argument("--output", type=Path, help="also write the table to this file (atomically)")
     parser.add_argument("--counts", type=Path, help="also write the exact counts as JSON (paper_tables/models.json)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--if-stale", action="store_true",
-                        help="with --output and --counts: count only if those files were made from other sources")
     args = parser.parse_args(argv)
-    if args.if_stale and not (args.output and args.counts):
-        parser.error("--if-stale needs --output and --counts (the files it checks)")
-    if args.if_stale and up_to_date(args.output, args.counts):
-        print(f"{args.output} and {args.counts} are up to date with the models, the counting and the paper's values")
-        return 0
     rows = measure_rows(model_rows(), progress=not args.quiet)
     text = render(rows, args.format)
     sys.stdout.write(text)
