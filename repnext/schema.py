@@ -16,6 +16,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from .counts import Complexity  # params and MACs of a form at the paper's counting setting
 from .errors import StoreError
 
 
@@ -54,18 +55,6 @@ class Accuracy:
 
 
 @dataclass(frozen=True)
-class PaperSetting:
-    """Params and MACs of a form at the paper's counting setting (``repnext.complexity.Complexity``)."""
-    model: str
-    num_classes: int
-    img_size: int
-    fuse_mode: str
-    train_params: int
-    fused_params: int
-    macs: int
-
-
-@dataclass(frozen=True)
 class Throughput:
     """Inference throughput in the schema of ``repnext.bench.throughput``."""
     images_per_second: float
@@ -101,8 +90,8 @@ class Classification:
     train_images_per_second: float | None = None  # None: imported
     eval_images_per_second: float | None = None
     train_time_s: float | None = None
-    paper_setting: PaperSetting | None = None  # a table's cell (``repnext.experiment.run_cell``)
-    paper_settings: dict[str, PaperSetting] | None = None  # a substitute-data run standing for several datasets
+    paper_setting: Complexity | None = None  # a table's cell (``repnext.experiment.run_cell``)
+    paper_settings: dict[str, Complexity] | None = None  # a substitute-data run standing for several datasets
     throughput: Throughput | None = None
 
 
@@ -121,7 +110,7 @@ class Equivalence:
     seed: int
     logit_scale: float
     forms: dict[str, FormCount]
-    e_model: PaperSetting | None = None
+    e_model: Complexity | None = None
 
 
 @dataclass(frozen=True)
