@@ -14,9 +14,11 @@ from .render import complete_record
 from .spec import Run, load_spec
 
 
-def _source_table() -> str:
-    """The table whose runs the smoke profile evaluates: the one the released spec runs ``after``."""
-    return load_spec("released").after[0]
+def _source_runs(profile: str) -> tuple[str, dict[str, Run]]:
+    """The table whose runs the smoke profile evaluates (the one the released spec runs ``after``), and its runs
+    by id."""
+    table = load_spec("released").after[0]
+    return table, {run.run_id: run for run in load_spec(table).expand(profile)}
 
 
 def _release_file(run: Run) -> str | None:
@@ -32,8 +34,7 @@ def _release_checkpoints(runs: list[Run], checkpoints: Path) -> dict[str, Path]:
     return {run_id: checkpoints / name for run_id, name in files.items() if name is not None}
 
 
-def _trained_checkpoints(runs: list[Run], profile: str, results: Path) -> dict[str, Path]:
-    source = {run.run_id: run for run in load_spec(_source_table()).expand(profile)}
+def _trained_checkpoints(runs: list[Run], source: dict[str, Run], results: Path) -> dict[str, Path]:
     return {run.run_id: RunPaths(source[run.run_id].folder(results)).checkpoint
             for run in runs if run.run_id in source}
 
@@ -42,10 +43,10 @@ def released_runs(runs: list[Run], profile: str, results: Path, checkpoints: Pat
     """The cells that have a checkpoint file, each with its path as the notebook's ``checkpoint``; one line
     names the missing files."""
     if get_profile(profile).substitute_data:
-        wanted = _trained_checkpoints(runs, profile, results)
-        source = {run.run_id: run for run in load_spec(_source_table()).expand(profile)}
+        table, source = _source_runs(profile)
+        wanted = _trained_checkpoints(runs, source, results)
         found = {i: p for i, p in wanted.items() if p.is_file() and complete_record(source[i], results)}
-        where = f"not trained yet by the {_source_table()} table (run --table {_source_table()} first)"
+        where = f"not trained yet by the {table} table (run --table {table} first)"
     else:
         if checkpoints is None:  # rendering only (run.py asks for --checkpoints before submitting): the releases
             return [run for run in runs if _release_file(run)]

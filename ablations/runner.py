@@ -185,26 +185,36 @@ def _submit(executor: submitit.Executor, function: NotebookJob | NotebookWorker,
         signal.signal(signal.SIGINT, previous)
 
 
+def end_jobs(jobs: list[submitit.Job], while_waiting: Callable[[], None] = lambda: None) -> int:
+    """Wait up to ``STOP_WAIT_S`` for ``jobs`` to end (calling ``while_waiting`` every poll), then kill the rest;
+    how many were killed."""
+    deadline = time.monotonic() + STOP_WAIT_S
+    live = [job for job in jobs if not job.done()]
+    while live and time.monotonic() < deadline:
+        while_waiting()
+        time.sleep(POLL_S)
+        live = [job for job in live if not job.done()]
+    for job in live:
+        job.cancel(check=False)
+    return len(live)
+
+
 def stop_jobs(tasks: list[NotebookTask], jobs: list[submitit.Job], signum: int) -> RunnerInterrupted:
     """Ask the training of every task still running for a checkpoint through its stop file (touched until the
     jobs end, so a training that starts later sees it too), wait for the jobs to end, kill what is left after
     ``STOP_WAIT_S``."""
-    deadline = time.monotonic() + STOP_WAIT_S
-    live = [job for job in jobs if not job.done()]
-    n = len(live)
-    while live and time.monotonic() < deadline:
+    def ask() -> None:
         for task in tasks:
             try:
                 Path(task.stop).touch()
             except OSError:  # the job has not created its run folder yet
                 pass
-        time.sleep(POLL_S)
-        live = [job for job in live if not job.done()]
-    for job in live:
-        job.cancel(check=False)
-    killed = f", {len(live)} killed after {STOP_WAIT_S:.0f} s" if live else ""
+
+    n = sum(not job.done() for job in jobs)
+    killed = end_jobs(jobs, ask)
+    note = f", {killed} killed after {STOP_WAIT_S:.0f} s" if killed else ""
     return RunnerInterrupted(signum, f"interrupted by {signal.Signals(signum).name}: stopped {n} running job(s), "
-                                     f"each checkpointed{killed}; run the same command again to resume")
+                                     f"each checkpointed{note}; run the same command again to resume")
 
 
 def prune_submission(folder: Path, outcomes: list[Outcome]) -> None:
@@ -373,22 +383,11 @@ def execute_pooled(plans: list[tuple[TableSpec, list[Run]]], results: Path, n_wo
         if len(outcomes) < len(runs):
             time.sleep(POLL_S)
     bar.close()
-    _end_workers(workers)
+    end_jobs(workers)  # the queue is closed and empty: they end by themselves, before their folder is removed
     took = {spec.name: _table_time([queue.result(i.key) for i in alone + shared if i.table == spec.name], begun)
             for spec, _ in plans}
     prune_submission(folder, list(outcomes.values()))
     return {spec.name: ([outcomes[_key(run)] for run in table_runs], took[spec.name]) for spec, table_runs in plans}
-
-
-def _end_workers(workers: list[submitit.Job]) -> None:
-    """The queue is closed and empty: the workers end by themselves, promptly; any left after ``STOP_WAIT_S``
-    is killed (its submission folder is about to be removed)."""
-    deadline = time.monotonic() + STOP_WAIT_S
-    while not all(job.done() for job in workers) and time.monotonic() < deadline:
-        time.sleep(POLL_S)
-    for job in workers:
-        if not job.done():
-            job.cancel(check=False)
 
 
 def _table_time(results: list[dict | None], begun: float) -> str:
