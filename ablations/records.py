@@ -12,7 +12,7 @@ from typing import Any
 
 from repnext.errors import StoreError
 from repnext.schema import Classification, Detection, Equivalence, Gradcam, Latency, Record, Released, Segmentation
-from repnext.store import read_record
+from repnext.store import RunPaths, read_record
 
 from .spec import Run, TableSpec
 
@@ -136,7 +136,7 @@ def _read_record(path: Path, run: Run) -> Record | None:
 
 
 def complete_record(run: Run, results: Path) -> Record | None:
-    record = _read_record(run.folder(results) / "record.json", run)
+    record = _read_record(RunPaths(run.folder(results)).record, run)
     if record is None:  # an imported run serves every table with its cell (one run published twice upstream)
         found = (_read_record(p, run) for p in sorted(results.glob(f"*/{run.run_id}/record.json")))
         record = next((r for r in found if r is not None and r.imported), None)

@@ -53,7 +53,7 @@ def _origin(record: dict, folder: Path) -> str:
 def _same_source(record: dict, folder: Path, log: ParsedLog, text: str) -> bool:
     if record.get("source_sha256"):
         return record["source_sha256"] == log.sha256
-    log_file = folder / "log.txt"  # a record imported before hashes were kept: compare what it holds
+    log_file = RunPaths(folder).log  # a record imported before hashes were kept: compare what it holds
     return log_file.is_file() and log_file.read_text() == text
 
 

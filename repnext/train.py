@@ -282,7 +282,7 @@ def build_teacher(s: Settings, splits: DataSplits, output: Path, device: torch.d
             s.config, model=name, distillation=False, epochs=s.profile.teacher_epochs, teacher_checkpoint=None)
         folder = output.parent / ".teachers" / teacher_cfg.run_id
         train(teacher_cfg, folder, progress=progress, wait_for_lock=True)
-        path = folder / "checkpoint.pth"
+        path = RunPaths(folder).checkpoint
     else:
         raise TrainingError(f"distillation with the {s.profile.name} profile needs --teacher-checkpoint "
                             f"(weights of {name}, e.g. DeiT's regnety_160-a5fe301d.pth)")

@@ -34,7 +34,8 @@ def backbone_weights(config: RunConfig, results: Path, checkpoints: dict, backbo
         return None
     run = imagenet_run(config.model, config.profile, backbone_run)
     folder = results / "imagenet" / run.run_id
-    record = read_json(folder / "record.json") or {}
+    paths = RunPaths(folder)
+    record = read_json(paths.record) or {}
     if record.get("status") != "complete":
         if get_profile(config.profile).substitute_data:  # as the imagenet notebook runs it: the same record
             experiment.run_cell(run, folder, paper={"model": config.model, **backbone_run},
@@ -43,7 +44,7 @@ def backbone_weights(config: RunConfig, results: Path, checkpoints: dict, backbo
             raise TrainingError(f"no ImageNet weights for {config.model}: the imagenet table's run {run.run_id} is "
                                 f"not complete in {results}; run that table first, or give backbone_checkpoints = "
                                 f"{{{config.model} = '.../repnext_{config.model[-2:]}_distill_300e.pth'}} in the spec")
-    return folder / "checkpoint.pth"
+    return paths.checkpoint
 
 
 def run_cell(config: dict | RunConfig, output: str | Path, *, task: str, backbone_checkpoints: dict | None = None,
